@@ -1,0 +1,147 @@
+"""The book as a whole: snippet conventions, the MkDocs hooks, the strict site build."""
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+import mkdocs_hooks
+import tangle
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAPTERS = tangle.nav_chapters(ROOT)
+GPU_MARK = (
+    '<!--pytest.mark.skipif(not __import__("torch").cuda.is_available(), '
+    'reason="needs a CUDA GPU")-->'
+)
+
+
+def run_codeblocks(pytester, markdown: str):
+    pytester.makefile(".md", page=textwrap.dedent(markdown))
+    return pytester.runpytest_subprocess(
+        "--codeblocks", "-p", "no:cacheprovider", "-rs"
+    )
+
+
+def test_gpu_cells_are_skipped_with_their_reason_on_cpu(pytester):
+    result = run_codeblocks(
+        pytester,
+        f"""\
+        {GPU_MARK}
+        ```python
+        import torch
+        print(torch.ones(1, device="cuda").item())
+        ```
+
+        ```python
+        print("cpu sibling")
+        ```
+        """,
+    )
+    if torch.cuda.is_available():
+        result.assert_outcomes(passed=2)
+    else:
+        result.assert_outcomes(passed=1, skipped=1)
+        result.stdout.fnmatch_lines(["*SKIPPED*needs a CUDA GPU*"])
+
+
+def test_a_wrong_expected_output_fails(pytester):
+    result = run_codeblocks(
+        pytester,
+        """\
+        ```python
+        print(6 * 7)
+        ```
+
+        <!--pytest-codeblocks:expected-output-->
+        ```
+        41
+        ```
+        """,
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*but got*", "42"])
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.name)
+def test_every_python_fence_runs(chapter):
+    """pytest-codeblocks runs only fences whose info string is exactly `python`."""
+    bad = [
+        f"{chapter.name}:{number}: {line.strip()}"
+        for number, line in enumerate(chapter.read_text().splitlines(), 1)
+        if re.match(r"\s*```+\s*\{?\.?py(thon)?\b", line)
+        and line.strip().lstrip("`") != "python"
+    ]
+    assert bad == []
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.name)
+def test_gpu_marks_never_sit_above_a_continued_block(chapter):
+    lines = [line.strip() for line in chapter.read_text().splitlines()]
+    for number, line in enumerate(lines):
+        if "pytest.mark.skipif" in line:
+            following = lines[number + 1 : number + 3]
+            assert "<!--pytest-codeblocks:cont-->" not in following, number + 1
+            assert following[0] == "```python", f"{chapter.name}:{number + 1}"
+
+
+def test_hook_titles_tangled_blocks_outputs_and_gpu_cells():
+    markdown = textwrap.dedent(
+        f"""\
+        <!--tangle: src/llmbook/x.py-->
+        ```python
+        X = 1
+        ```
+
+        <!--pytest-codeblocks:expected-output-->
+        ```
+        1
+        ```
+
+        {GPU_MARK}
+        ```python
+        Y = 2
+        ```
+        """
+    )
+    out = mkdocs_hooks.on_page_markdown(markdown)
+    assert '```python title="src/llmbook/x.py"' in out
+    assert '```text title="Output"' in out
+    assert '```python title="Needs a CUDA GPU (skipped on CPU)"' in out
+
+
+def test_hook_keeps_indentation_inside_admonitions():
+    markdown = '!!! note\n\n    <!--tangle: src/llmbook/x.py-->\n    ```python\n'
+    out = mkdocs_hooks.on_page_markdown(markdown)
+    assert '\n    ```python title="src/llmbook/x.py"\n' in out
+
+
+def test_figure_blocks_must_leave_a_figure():
+    code = "import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([1, 2])"
+    svg = mkdocs_hooks._draw(code, "test")
+    assert svg.startswith(b"<?xml") and b"<svg" in svg
+    with pytest.raises(RuntimeError, match="must leave a matplotlib Figure in `fig`"):
+        mkdocs_hooks._draw("x = 1", "page.md (figure figures/x.svg)")
+
+
+def test_site_builds_strictly_without_warnings(tmp_path):
+    """`mkdocs build --strict` makes every warning (a broken link, say) a failure."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"NO_MKDOCS_2_WARNING": "1", **os.environ},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "WARNING" not in result.stderr
+    built = [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")]
+    assert "02-tokenization/index.html" in built
+    assert "figures/gpt-overview.svg" in built
+    page = (tmp_path / "02-tokenization" / "index.html").read_text()
+    assert 'class="filename">src/llmbook/tokenizer.py</span>' in page

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The book's two commands, each of which first sets everything up in .venv:
+#
+#   bash tools/book.sh test    tangle check, ruff, then pytest: unit tests, docstring
+#                              examples, every snippet of the book, strict site build
+#   bash tools/book.sh serve   build the site and serve it on http://127.0.0.1:8000
+#
+# Extra arguments go to pytest or to `mkdocs serve`. Environment:
+#   PYTHON            the Python that creates .venv (default: python3, 3.10 or newer)
+#   LLMBOOK_TORCH     the pip requirement for PyTorch (default: torch)
+#   LLMBOOK_DATA_DIR  a folder holding the data files, for offline machines
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export NO_MKDOCS_2_WARNING=1
+
+setup() {
+  if [ ! -x .venv/bin/python ]; then
+    echo "== creating .venv"
+    "${PYTHON:-python3}" -m venv .venv
+  fi
+  if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    echo "== installing ${LLMBOOK_TORCH:-torch} (once; this is the big download)"
+    .venv/bin/python -m pip install --quiet "${LLMBOOK_TORCH:-torch}"
+  fi
+  echo "== installing llmbook and the tools of the book"
+  .venv/bin/python -m pip install --quiet -e ".[test]"
+  if [ ! -f the-verdict.txt ]; then
+    echo "== fetching the-verdict.txt"
+    .venv/bin/python -c 'import shutil; from llmbook.data import data_file
+shutil.copyfile(data_file("the-verdict.txt"), "the-verdict.txt")'
+  fi
+}
+
+case "${1:-}" in
+  test)
+    shift
+    setup
+    echo "== tangle check"
+    .venv/bin/python tools/tangle.py --check
+    echo "== ruff"
+    .venv/bin/ruff check src tools tests
+    echo "== pytest"
+    .venv/bin/python -m pytest "$@"
+    ;;
+  serve)
+    shift
+    setup || echo "warning: setup incomplete; serving the book anyway" >&2
+    .venv/bin/mkdocs serve -a 127.0.0.1:8000 "$@"
+    ;;
+  *)
+    echo "usage: bash tools/book.sh test|serve [arguments for pytest or mkdocs serve]" >&2
+    exit 2
+    ;;
+esac
