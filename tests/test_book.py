@@ -111,7 +111,7 @@ def test_hook_titles_tangled_blocks_outputs_and_gpu_cells():
     )
     out = mkdocs_hooks.on_page_markdown(markdown)
     assert '```python title="src/llmbook/x.py"' in out
-    assert '```text title="Output"' in out
+    assert '```{.text .output title="Output"}' in out
     assert '```python title="Needs a CUDA GPU (skipped on CPU)"' in out
 
 

@@ -40,16 +40,19 @@ FIGURE = re.compile(
 _figure_cache: dict[str, bytes] = {}
 
 
-def _titled(match: re.Match, title: str) -> str:
+def _titled(match: re.Match, title: str, css_class: str = "") -> str:
     fence = match["fence"].rstrip()
     ticks = len(fence) - len(fence.lstrip("`"))
     info = fence[ticks:].strip() or "text"
-    return f'{match["indent"]}{"`" * ticks}{info} title="{title}"\n'
+    opening = match["indent"] + "`" * ticks
+    if css_class:  # superfences' attribute form: {.lang .class title="..."}
+        return f'{opening}{{.{info} .{css_class} title="{title}"}}\n'
+    return f'{opening}{info} title="{title}"\n'
 
 
 def on_page_markdown(markdown: str, **kwargs) -> str:
     markdown = TANGLE.sub(lambda m: _titled(m, m["path"]), markdown)
-    markdown = OUTPUT.sub(lambda m: _titled(m, "Output"), markdown)
+    markdown = OUTPUT.sub(lambda m: _titled(m, "Output", "output"), markdown)
     gpu_title = "Needs a CUDA GPU (skipped on CPU)"
     markdown = GPU.sub(lambda m: _titled(m, gpu_title), markdown)
     return markdown
