@@ -1,5 +1,6 @@
 """The tangler: chapters in, modules out, drift and bad markers caught."""
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -203,6 +204,20 @@ def test_mkdocs_without_a_nav_is_an_error(tmp_path):
 def test_the_repository_is_tangled():
     """src/ is exactly what the chapters produce: this is the drift check of CI."""
     assert tangle.differences(ROOT) == []
+
+
+@pytest.mark.parametrize(
+    "module", sorted((ROOT / "src/llmbook").glob("*.py")), ids=lambda p: p.name
+)
+def test_no_module_defines_a_name_twice(module):
+    """Blocks repeat their imports (ruff's F811 is off for src/), never definitions."""
+    tree = ast.parse(module.read_text())
+    names = [
+        node.name
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+    ]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
 
 
 def test_command_line_check_fails_on_a_copy_with_an_edited_module(tmp_path):

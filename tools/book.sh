@@ -6,7 +6,7 @@
 #   bash tools/book.sh serve   build the site and serve it on http://127.0.0.1:8000
 #
 # Extra arguments go to pytest or to `mkdocs serve`. Environment:
-#   PYTHON            the Python that creates .venv (default: python3, 3.10 or newer)
+#   PYTHON            the Python that creates .venv (default: python3, 3.11 or newer)
 #   LLMBOOK_TORCH     the pip requirement for PyTorch (default: torch)
 #   LLMBOOK_DATA_DIR  a folder holding the data files, for offline machines
 set -euo pipefail
@@ -38,7 +38,7 @@ case "${1:-}" in
     echo "== tangle check"
     .venv/bin/python tools/tangle.py --check
     echo "== ruff"
-    .venv/bin/ruff check src tools tests
+    .venv/bin/ruff check src tools tests bench
     echo "== pytest"
     .venv/bin/python -m pytest "$@"
     ;;

@@ -1,0 +1,197 @@
+"""llmbook.bpe: exact against tiktoken, round trips, training, files, errors."""
+
+import json
+
+import pytest
+import tiktoken
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llmbook.bpe import GPT2_PATTERN, BPETokenizer, bpe_merge, train_merges
+from llmbook.data import data_file
+from llmbook.tokenizer import gpt2_tokenizer
+
+EOT = "<|endoftext|>"
+DATA_FILES = ["the-verdict.txt", "SMSSpamCollection", "instruction-data.json"]
+
+# Strings that stress the pre-tokenizer: contractions, digit and space runs, Unicode
+# letters and spaces, line separators, and pieces of special tokens.
+PIECES = list(" \t\n\r\x0b\x0c'sdmtlvreAZaz09_é日🙂!?.,-\u00a0\u2028\u3000<|>") + [
+    EOT,
+    "<|",
+    "endoftext",
+    "'ll",
+    "'ve",
+    "   ",
+    "\n\n",
+]
+TRICKY = st.lists(st.sampled_from(PIECES), max_size=30).map("".join)
+
+
+@pytest.fixture(scope="module")
+def gpt2():
+    return BPETokenizer.gpt2()
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return gpt2_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def verdict():
+    return data_file("the-verdict.txt").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def trained(verdict):
+    return BPETokenizer().train(verdict, vocab_size=700)
+
+
+def test_pattern_is_gpt2s(reference):
+    assert reference._pat_str == GPT2_PATTERN
+
+
+@pytest.mark.parametrize("name", DATA_FILES)
+def test_gpt2_mode_equals_tiktoken_on_the_data_files(gpt2, reference, name):
+    text = data_file(name).read_text(encoding="utf-8")
+    assert gpt2.encode(text) == reference.encode(text)
+    assert gpt2.decode(gpt2.encode(text)) == text
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=st.text())
+def test_gpt2_mode_equals_tiktoken_on_any_unicode(gpt2, reference, text):
+    ids = gpt2.encode(text, disallowed_special=())
+    assert ids == reference.encode(text, disallowed_special=())
+    assert gpt2.decode(ids) == text
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=TRICKY)
+def test_gpt2_mode_equals_tiktoken_on_tricky_text(gpt2, reference, text):
+    for kwargs in [{"allowed_special": "all"}, {"disallowed_special": ()}]:
+        assert gpt2.encode(text, **kwargs) == reference.encode(text, **kwargs)
+    if EOT in text:
+        with pytest.raises(ValueError):
+            reference.encode(text)
+        with pytest.raises(ValueError, match="special token '<\\|endoftext\\|>'"):
+            gpt2.encode(text)
+    else:
+        assert gpt2.encode(text) == reference.encode(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.one_of(st.text(), TRICKY))
+def test_trained_tokenizer_equals_its_tiktoken_twin(trained, text):
+    twin = trained.to_tiktoken()
+    ids = trained.encode(text, allowed_special="all")
+    assert ids == twin.encode(text, allowed_special="all")
+    assert trained.decode(ids) == text
+
+
+def test_trained_twin_on_the_story(trained, verdict):
+    assert trained.encode(verdict) == trained.to_tiktoken().encode(verdict)
+
+
+def test_training_is_deterministic_and_reaches_the_size(verdict):
+    first = BPETokenizer().train(verdict, vocab_size=600)
+    second = BPETokenizer().train(verdict, vocab_size=600)
+    assert first.ranks == second.ranks
+    assert first.vocab_size == 600
+    assert first.special_tokens == {EOT: 599}
+    assert sorted(first.ranks.values()) == list(range(599))  # contiguous ids
+
+
+def test_training_stops_when_no_pair_occurs_twice():
+    assert train_merges("abab", 10) == [(b"a", b"b")]
+    assert train_merges("abcd", 10) == []
+    tokenizer = BPETokenizer().train("abab", vocab_size=300, special_tokens=())
+    assert tokenizer.vocab_size == 257
+
+
+def test_merges_are_recovered_from_ranks(verdict):
+    merges = train_merges(verdict, 200)
+    tokenizer = BPETokenizer().train(verdict, vocab_size=256 + 200, special_tokens=())
+    assert len(merges) == 200
+    assert tokenizer.merges == merges
+
+
+def test_bpe_merge_prefers_low_ranks_and_the_leftmost_pair():
+    ranks = {bytes([b]): b for b in range(256)} | {b"aa": 256, b"ab": 257}
+    assert bpe_merge(b"aaa", ranks) == [b"aa", b"a"]
+    assert bpe_merge(b"aab", ranks) == [b"aa", b"b"]
+    assert bpe_merge(b"", ranks) == []
+    long = b"ab" * 5000  # the heap keeps long pre-tokens fast
+    assert bpe_merge(long, ranks) == [b"ab"] * 5000
+
+
+def test_save_and_load_round_trip(tmp_path, trained, verdict):
+    path = tmp_path / "tok.json"
+    trained.save(path)
+    loaded = BPETokenizer.load(path)
+    assert loaded.ranks == trained.ranks
+    assert loaded.special_tokens == trained.special_tokens
+    assert loaded.encode(verdict) == trained.encode(verdict)
+    assert [p.name for p in tmp_path.iterdir()] == ["tok.json"]  # no temp file left
+
+
+def test_gpt2_survives_a_save_and_load(tmp_path, gpt2, reference, verdict):
+    gpt2.save(tmp_path / "gpt2.json")
+    loaded = BPETokenizer.load(tmp_path / "gpt2.json")
+    assert loaded.encode(verdict) == reference.encode(verdict)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"\xff\xfe not text", "is not a BPETokenizer file"),
+        (b"{not json", "is not a BPETokenizer file"),
+        (b'["a list"]', "no format tag 'llmbook-bpe'"),
+        (json.dumps({"format": "other"}).encode(), "no format tag 'llmbook-bpe'"),
+        (
+            json.dumps({"format": "llmbook-bpe", "version": 99}).encode(),
+            "version 99; this llmbook reads version 1",
+        ),
+    ],
+)
+def test_load_refuses_other_files(tmp_path, content, message):
+    path = tmp_path / "file.json"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        BPETokenizer.load(path)
+
+
+def test_vocab_size_too_small_is_an_error():
+    with pytest.raises(ValueError, match="vocab_size=256 is too small.*at least 257"):
+        BPETokenizer().train("text", vocab_size=256)
+    with pytest.raises(ValueError, match="at least 258"):
+        BPETokenizer().train("text", vocab_size=257, special_tokens=["<|a|>", "<|b|>"])
+
+
+def test_unknown_ids_are_an_error(trained):
+    with pytest.raises(KeyError, match="token id 700 is not in the vocabulary"):
+        trained.decode([1, 700])
+    with pytest.raises(KeyError, match="token id -1 is not"):
+        trained.decode([-1])
+
+
+def test_allowed_special_must_name_special_tokens(trained):
+    with pytest.raises(ValueError, match="not special tokens of this tokenizer"):
+        trained.encode("x", allowed_special={"<|nope|>"})
+
+
+def test_ranks_must_contain_every_byte():
+    with pytest.raises(ValueError, match="lacks 1 of the 256 single-byte tokens"):
+        BPETokenizer({bytes([b]): b for b in range(255)})
+    with pytest.raises(ValueError, match="ids must be unique"):
+        BPETokenizer(None, {EOT: 3})
+
+
+def test_from_tiktoken_round_trips_an_encoding(reference):
+    again = BPETokenizer.from_tiktoken(reference).to_tiktoken("again")
+    text = "Round trips: tiktoken -> BPETokenizer -> tiktoken. <|endoftext|>"
+    assert again.encode(text, allowed_special="all") == reference.encode(
+        text, allowed_special="all"
+    )
+    assert isinstance(again, tiktoken.Encoding)
