@@ -30,6 +30,16 @@ def join_pieces(pieces: Iterable[str]) -> str:
     return re.sub(r" (--|[^\w\s<]|_)", r"\1", text)
 
 
+def lookup_ids(ids: Iterable[int], int_to_str: dict[int, str]) -> list[str]:
+    """The piece of each id; an id outside the vocabulary is an error that names it."""
+    pieces = []
+    for token_id in ids:
+        if token_id not in int_to_str:
+            raise KeyError(f"token id {token_id} is not in the vocabulary")
+        pieces.append(int_to_str[token_id])
+    return pieces
+
+
 def build_vocab(text: str, special_tokens: Iterable[str] = ()) -> dict[str, int]:
     """Map each distinct piece of `text`, sorted, then each special token, to an id."""
     pieces = sorted(set(split_text(text)))
@@ -66,12 +76,7 @@ class SimpleTokenizerV1:
         return ids
 
     def decode(self, ids: list[int]) -> str:
-        pieces = []
-        for token_id in ids:
-            if token_id not in self.int_to_str:
-                raise KeyError(f"token id {token_id} is not in the vocabulary")
-            pieces.append(self.int_to_str[token_id])
-        return join_pieces(pieces)
+        return join_pieces(lookup_ids(ids, self.int_to_str))
 
 
 import re
@@ -113,12 +118,7 @@ class SimpleTokenizerV2:
         return ids
 
     def decode(self, ids: list[int]) -> str:
-        pieces = []
-        for token_id in ids:
-            if token_id not in self.int_to_str:
-                raise KeyError(f"token id {token_id} is not in the vocabulary")
-            pieces.append(self.int_to_str[token_id])
-        return join_pieces(pieces)
+        return join_pieces(lookup_ids(ids, self.int_to_str))
 
 
 import tiktoken
