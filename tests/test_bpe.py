@@ -176,9 +176,12 @@ def test_unknown_ids_are_an_error(trained):
         trained.decode([-1])
 
 
-def test_allowed_special_must_name_special_tokens(trained):
-    with pytest.raises(ValueError, match="not special tokens of this tokenizer"):
-        trained.encode("x", allowed_special={"<|nope|>"})
+def test_unknown_allowed_specials_are_ignored_as_in_tiktoken(gpt2, reference):
+    text = "a <|nope|> b <|endoftext|>"
+    allowed = {"<|nope|>", EOT}
+    assert gpt2.encode(text, allowed_special=allowed) == reference.encode(
+        text, allowed_special=allowed
+    )
 
 
 def test_ranks_must_contain_every_byte():

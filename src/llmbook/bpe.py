@@ -233,9 +233,8 @@ class BPETokenizer:
         """
         if allowed_special == "all":
             allowed_special = set(self.special_tokens)
-        unknown = set(allowed_special) - set(self.special_tokens)
-        if unknown:
-            raise ValueError(f"not special tokens of this tokenizer: {sorted(unknown)}")
+        # Like tiktoken, ignore allowed strings that are not special tokens here.
+        allowed_special = set(allowed_special) & set(self.special_tokens)
         if disallowed_special == "all":
             disallowed_special = set(self.special_tokens) - set(allowed_special)
         if disallowed_special:
