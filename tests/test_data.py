@@ -155,3 +155,124 @@ def test_cache_dir_honours_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("LLMBOOK_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert data.cache_dir() == tmp_path / "xdg" / "llmbook"
+
+
+# -- GPTDataset, create_dataloader, check_token_ids (chapter 4) ----------------------
+
+import itertools  # noqa: E402
+
+import torch  # noqa: E402
+
+from llmbook.data import GPTDataset, check_token_ids, create_dataloader  # noqa: E402
+
+
+class CharTokenizer:
+    """One token per character, id = code point: makes expected pairs easy to write."""
+
+    def encode(self, text, allowed_special=frozenset()):
+        return [ord(c) for c in text]
+
+
+CHARS = CharTokenizer()
+
+
+def test_pairs_are_shifted_windows():
+    dataset = GPTDataset("abcdefg", max_length=3, stride=2, tokenizer=CHARS)
+    pairs = [(bytes(x.tolist()), bytes(y.tolist())) for x, y in dataset]
+    assert pairs == [(b"abc", b"bcd"), (b"cde", b"def")]  # "efg" needs an "h"
+
+
+def test_samples_are_views_of_one_tensor():
+    dataset = GPTDataset("abcdefghij", max_length=4, stride=3, tokenizer=CHARS)
+    x, y = dataset[1]
+    base = dataset.token_ids
+    assert x.untyped_storage().data_ptr() == base.untyped_storage().data_ptr()
+    assert y.untyped_storage().data_ptr() == base.untyped_storage().data_ptr()
+    assert x.data_ptr() == base[3:].data_ptr()
+
+
+def test_sample_count_uses_every_window_that_fits():
+    for num_tokens, max_length, stride in itertools.product(
+        [5, 6, 17, 100], [1, 4, 5], [1, 2, 3, 7]
+    ):
+        if num_tokens < max_length + 1:
+            continue  # too short: see test_text_too_short_states_the_token_count
+        dataset = GPTDataset("x" * num_tokens, max_length, stride, tokenizer=CHARS)
+        starts = [i * stride for i in range(len(dataset))]
+        assert all(s + max_length + 1 <= num_tokens for s in starts)  # each fits
+        assert starts[-1] + stride + max_length + 1 > num_tokens  # no more fits
+        for x, y in dataset:
+            assert x.shape == y.shape == (max_length,)
+
+
+def test_index_out_of_range():
+    dataset = GPTDataset("abcd", max_length=2, stride=1, tokenizer=CHARS)
+    assert len(dataset) == 2
+    with pytest.raises(IndexError, match="sample 2 of a dataset of 2 samples"):
+        dataset[2]
+
+
+def test_text_too_short_states_the_token_count():
+    with pytest.raises(ValueError, match="the text has 4 tokens.*max_length <= 3"):
+        GPTDataset("abcd", max_length=4, stride=1, tokenizer=CHARS)
+    with pytest.raises(ValueError, match="the text has 0 tokens"):
+        GPTDataset("", max_length=1, stride=1, tokenizer=CHARS)
+
+
+@pytest.mark.parametrize("max_length, stride", [(0, 1), (4, 0), (-1, 2), (3, -3)])
+def test_non_positive_sizes_are_errors(max_length, stride):
+    with pytest.raises(ValueError, match="must be positive"):
+        GPTDataset("abcdefgh", max_length, stride, tokenizer=CHARS)
+
+
+def test_loader_batches_and_their_arithmetic():
+    text = "".join(chr(65 + i % 26) for i in range(101))  # 101 tokens
+    loader = create_dataloader(
+        text, batch_size=4, max_length=10, stride=10, shuffle=False, tokenizer=CHARS
+    )
+    assert len(loader.dataset) == 10 and len(loader) == 2  # 10 samples, last 2 dropped
+    batches = list(loader)
+    assert [tuple(x.shape) for x, _ in batches] == [(4, 10), (4, 10)]
+    assert torch.equal(batches[1][0][0], loader.dataset[4][0])
+    kept = create_dataloader(
+        text, 4, 10, 10, shuffle=False, drop_last=False, tokenizer=CHARS
+    )
+    assert [len(x) for x, _ in kept] == [4, 4, 2]
+
+
+def test_a_split_too_small_for_one_batch_is_an_error():
+    with pytest.raises(ValueError, match="make 2 sample.*fewer than one batch of 3"):
+        create_dataloader("abcdefg", 3, max_length=3, stride=2, tokenizer=CHARS)
+    loader = create_dataloader(
+        "abcdefg", 3, max_length=3, stride=2, drop_last=False, tokenizer=CHARS
+    )
+    assert len(loader) == 1
+    with pytest.raises(ValueError, match="batch_size must be positive"):
+        create_dataloader("abcdefg", 0, max_length=3, stride=2, tokenizer=CHARS)
+
+
+def test_shuffle_is_deterministic_with_a_seed():
+    text = "".join(chr(65 + i % 26) for i in range(200))
+
+    def order(seed):
+        loader = create_dataloader(text, 5, 3, 3, seed=seed, tokenizer=CHARS)
+        return [x[:, 0].tolist() for x, _ in loader]
+
+    assert order(1) == order(1)
+    assert order(1) != order(2)
+    unshuffled = create_dataloader(text, 5, 3, 3, shuffle=False, tokenizer=CHARS)
+    first = next(iter(unshuffled))[0][:, 0].tolist()
+    assert first == [ord(text[i]) for i in range(0, 15, 3)]
+
+
+def test_default_tokenizer_is_gpt2_with_end_of_text():
+    dataset = GPTDataset("Hello<|endoftext|>world", max_length=2, stride=1)
+    assert dataset.token_ids.tolist() == [15496, 50256, 6894]
+
+
+def test_check_token_ids_names_the_offender():
+    check_token_ids(torch.tensor([0, 4, 2]), vocab_size=5)  # fine: no exception
+    with pytest.raises(ValueError, match=r"token id 5 at index \(1,\).*ids 0 to 4"):
+        check_token_ids(torch.tensor([0, 5, 7]), vocab_size=5)
+    with pytest.raises(ValueError, match=r"token id -1 at index \(0, 1\)"):
+        check_token_ids(torch.tensor([[3, -1]]), vocab_size=5)
