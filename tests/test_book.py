@@ -130,17 +130,28 @@ def test_figure_blocks_must_leave_a_figure():
 
 
 def test_site_builds_strictly_without_warnings(tmp_path):
-    """`mkdocs build --strict` makes every warning (a broken link, say) a failure."""
+    """`mkdocs build --strict` makes every warning (a broken link, say) a failure.
+
+    The build runs with no data files and an empty tiktoken cache: drawing the
+    figures must not need the network.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "LLMBOOK_DATA_DIR"}
+    env |= {
+        "NO_MKDOCS_2_WARNING": "1",
+        "TIKTOKEN_CACHE_DIR": str(tmp_path / "empty-tiktoken-cache"),
+        "LLMBOOK_CACHE_DIR": str(tmp_path / "empty-data-cache"),
+    }
+    site = tmp_path / "site"
     result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path)],
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        env={"NO_MKDOCS_2_WARNING": "1", **os.environ},
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     assert "WARNING" not in result.stderr
-    built = [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")]
+    built = [p.relative_to(site).as_posix() for p in site.rglob("*")]
     assert "02-tokenization/index.html" in built
     figures = [
         match["path"]
@@ -150,6 +161,6 @@ def test_site_builds_strictly_without_warnings(tmp_path):
     assert len(figures) >= 3
     for figure in figures:  # drawn by the code on the page, at build time
         assert figure in built
-        assert (tmp_path / figure).read_bytes().startswith(b"<?xml")
-    page = (tmp_path / "02-tokenization" / "index.html").read_text()
+        assert (site / figure).read_bytes().startswith(b"<?xml")
+    page = (site / "02-tokenization" / "index.html").read_text()
     assert 'class="filename">src/llmbook/tokenizer.py</span>' in page
