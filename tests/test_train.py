@@ -1,0 +1,182 @@
+"""llmbook.train: losses, a falling training loss, exact resume, checked checkpoints."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from llmbook.data import create_dataloader, data_file
+from llmbook.model import GPTConfig, GPTModel
+from llmbook.train import (
+    TrainingConfig,
+    calc_loss_batch,
+    calc_loss_loader,
+    latest_checkpoint,
+    load_model,
+    load_weights,
+    save_model,
+    train_model,
+)
+
+CFG = GPTConfig.preset("debug", context_length=16)
+
+
+@pytest.fixture(scope="module")
+def text():
+    return data_file("the-verdict.txt").read_text(encoding="utf-8")
+
+
+def loaders(text, seed=7, shuffle=True):
+    train = create_dataloader(text[:3000], 4, 16, 16, shuffle=shuffle, seed=seed)
+    val = create_dataloader(text[-800:], 2, 16, 16, shuffle=False)
+    return train, val
+
+
+def test_loss_batch_is_cross_entropy_by_hand(text):
+    torch.manual_seed(0)
+    model = GPTModel(CFG).eval()
+    x, y = next(iter(loaders(text)[0]))
+    loss = calc_loss_batch(x, y, model, "cpu")
+    probas = torch.softmax(model(x), dim=-1)
+    by_hand = -probas.gather(-1, y.unsqueeze(-1)).log().mean()
+    torch.testing.assert_close(loss, by_hand, atol=1e-5, rtol=1e-5)
+
+
+def test_loss_loader_averages_batches(text):
+    torch.manual_seed(0)
+    model = GPTModel(CFG).eval()
+    _, val = loaders(text)
+    with torch.no_grad():
+        losses = [calc_loss_batch(x, y, model, "cpu").item() for x, y in val]
+        assert calc_loss_loader(val, model, "cpu") == pytest.approx(
+            sum(losses) / len(losses)
+        )
+        assert calc_loss_loader(val, model, "cpu", 2) == pytest.approx(
+            sum(losses[:2]) / 2
+        )
+        assert calc_loss_loader(val, model, "cpu", 99) == pytest.approx(
+            sum(losses) / len(losses)
+        )
+
+
+def test_empty_loader_is_an_error():
+    with pytest.raises(ValueError, match="no batches"):
+        calc_loss_loader([], None, "cpu")
+
+
+def test_a_short_run_lowers_the_loss(text):
+    torch.manual_seed(0)
+    model = GPTModel(CFG)
+    train, val = loaders(text)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    history = train_model(
+        model,
+        train,
+        val,
+        optimizer,
+        "cpu",
+        TrainingConfig(num_epochs=4, eval_freq=5, eval_iter=None, progress=False),
+        sample=lambda m: "sample",
+    )
+    total = 4 * len(train)
+    assert history.steps == list(range(5, total + 1, 5))
+    assert history.train_losses[-1] < history.train_losses[0] - 1.5
+    assert history.tokens_seen[-1] == history.steps[-1] * 4 * 16
+    assert history.samples == ["sample"] * 4  # one per epoch
+
+
+def run(text, directory, max_steps=None, resume=False, seed=7, drop=0.2, every=3):
+    torch.manual_seed(123)
+    model = GPTModel(dataclasses.replace(CFG, drop_rate=drop))
+    train, val = loaders(text, seed=seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+    settings = TrainingConfig(
+        num_epochs=3,
+        eval_freq=4,
+        eval_iter=2,
+        checkpoint_dir=directory,
+        checkpoint_every=every,
+        max_steps=max_steps,
+        progress=False,
+    )
+    history = train_model(model, train, val, optimizer, "cpu", settings, resume=resume)
+    return model, optimizer, history
+
+
+@pytest.mark.parametrize(
+    "seed, stop, every",
+    [(7, 4, 4), (None, 12, 12), (7, 11, 1)],
+    ids=["mid-epoch", "epoch-end-global-rng", "every-step"],
+)
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, text, seed, stop, every):
+    straight, opt_a, history = run(text, tmp_path / "a", seed=seed, every=every)
+    run(text, tmp_path / "b", max_steps=stop, seed=seed, every=every)
+    assert latest_checkpoint(tmp_path / "b").name == f"step-{stop:08d}"
+    resumed, opt_b, resumed_history = run(
+        text, tmp_path / "b", resume=True, seed=seed, every=every
+    )
+    for name, tensor in straight.state_dict().items():
+        assert torch.equal(tensor, resumed.state_dict()[name]), name
+    assert history == resumed_history
+    state_a, state_b = opt_a.state_dict()["state"], opt_b.state_dict()["state"]
+    assert all(
+        torch.equal(state_a[k]["exp_avg"], state_b[k]["exp_avg"]) for k in state_a
+    )
+
+
+def test_resume_without_checkpoints_starts_fresh(tmp_path, text):
+    model, _, history = run(
+        text, tmp_path / "none", max_steps=2, resume=True, every=100
+    )
+    assert history.steps == [] and latest_checkpoint(tmp_path / "none") is None
+
+
+def test_old_checkpoints_are_pruned(tmp_path, text):
+    run(text, tmp_path, max_steps=10, every=2)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["latest", "step-00000008", "step-00000010"]  # nothing temporary
+
+
+def test_save_and_load_model_round_trip(tmp_path):
+    for tie in (False, True):
+        torch.manual_seed(0)
+        model = GPTModel(dataclasses.replace(CFG, tie_weights=tie))
+        save_model(model, tmp_path / "m.safetensors")
+        again = load_model(tmp_path / "m.safetensors")
+        assert again.cfg == model.cfg
+        for name, tensor in model.state_dict().items():
+            assert torch.equal(tensor, again.state_dict()[name]), name
+        if tie:
+            assert again.out_head.weight is again.tok_emb.weight
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]
+
+
+def test_loading_into_another_config_names_the_tensors(tmp_path):
+    save_model(GPTModel(CFG), tmp_path / "m.safetensors")
+    other = GPTModel(dataclasses.replace(CFG, emb_dim=48, n_layers=3))
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    with pytest.raises(ValueError) as err:
+        load_weights(other, tmp_path / "m.safetensors")
+    message = str(err.value)
+    assert "does not fit this model" in message
+    assert (
+        "tok_emb.weight: (50257, 32) in the file, (50257, 48) in the model" in message
+    )
+    assert "missing: trf_blocks.2.norm1.scale" in message
+    for name, tensor in other.state_dict().items():  # nothing was half-loaded
+        assert torch.equal(tensor, before[name]), name
+
+
+def test_load_model_refuses_foreign_files(tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2)}, tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="not written by llmbook's save_model"):
+        load_model(tmp_path / "other.safetensors")
+
+
+def test_training_config_validation():
+    with pytest.raises(ValueError, match="checkpoint_every needs a checkpoint_dir"):
+        TrainingConfig(checkpoint_every=5)
+    with pytest.raises(ValueError, match="must be positive"):
+        TrainingConfig(num_epochs=0)
