@@ -211,3 +211,13 @@ def test_cached_checkpoints_are_not_downloaded_again(tmp_path, monkeypatch):
         weights, "download_file", lambda *a, **k: pytest.fail("fetched")
     )
     assert weights.download_gpt2("gpt2-small", cache_dir=tmp_path) == folder
+
+
+def test_gpt2_available_checks_the_cache_then_the_server(tmp_path, monkeypatch):
+    monkeypatch.setattr(weights, "HF_URL", "http://127.0.0.1:9/{repo}/{file}")
+    assert not weights.gpt2_available("gpt2-small", cache_dir=tmp_path)
+    folder = tmp_path / "gpt2-small"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"x")
+    assert weights.gpt2_available("gpt2-small", cache_dir=tmp_path)

@@ -226,3 +226,20 @@ def download_gpt2(size: str = "gpt2-small", cache_dir=None, progress=True) -> Pa
                     f"config.json and model.safetensors of {repo} in {folder}"
                 ) from exc
     return folder
+
+
+def gpt2_available(size: str = "gpt2-small", cache_dir=None) -> bool:
+    """Whether `download_gpt2(size)` can work: cached, or the server answers."""
+    if cache_dir is None:
+        from llmbook.data import cache_dir as data_cache_dir
+
+        cache_dir = data_cache_dir() / "gpt2"
+    folder = Path(cache_dir) / size
+    if all((folder / f).is_file() for f in ["config.json", "model.safetensors"]):
+        return True
+    url = HF_URL.format(repo=GPT2_CHECKPOINTS[size][0], file="config.json")
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), 5):
+            return True
+    except OSError:
+        return False
