@@ -3,9 +3,20 @@
 #   docs/07-pretraining.md
 # Do not edit it: edit those chapters, then run `python tools/tangle.py`.
 
-"""Turning next-token logits into text: greedy decoding (chapter 6)."""
+"""From logits to text: greedy decoding (chapter 6) and sampling (chapter 7)."""
 
 import torch
+
+
+def check_prompt(idx: torch.Tensor, max_new_tokens: int) -> None:
+    """Raise ValueError for a negative token budget or a prompt without tokens."""
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if idx.dim() != 2 or idx.shape[1] == 0:
+        raise ValueError(
+            f"idx must be (batch, tokens) with at least one token, got shape "
+            f"{tuple(idx.shape)}; start an empty prompt with an <|endoftext|> token"
+        )
 
 
 @torch.no_grad()
@@ -19,13 +30,7 @@ def generate_text_simple(
     An empty prompt (T = 0) is an error: start it with a token such as
     `<|endoftext|>` (id 50256 in GPT-2), which is how GPT-2 saw documents begin.
     """
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if idx.dim() != 2 or idx.shape[1] == 0:
-        raise ValueError(
-            f"idx must be (batch, tokens) with at least one token, got shape "
-            f"{tuple(idx.shape)}; start an empty prompt with an <|endoftext|> token"
-        )
+    check_prompt(idx, max_new_tokens)
     for _ in range(max_new_tokens):
         logits = model(idx[:, -context_size:])  # (B, T', vocab_size)
         next_id = logits[:, -1, :].argmax(dim=-1, keepdim=True)  # (B, 1)
@@ -56,13 +61,7 @@ def generate(
     """
     if temperature < 0 or temperature != temperature:
         raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if idx.dim() != 2 or idx.shape[1] == 0:
-        raise ValueError(
-            f"idx must be (batch, tokens) with at least one token, got shape "
-            f"{tuple(idx.shape)}; start an empty prompt with an <|endoftext|> token"
-        )
+    check_prompt(idx, max_new_tokens)
     finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
     for _ in range(max_new_tokens):
         logits = model(idx[:, -context_size:])[:, -1, :]  # (B, vocab_size)
