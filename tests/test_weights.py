@@ -221,3 +221,13 @@ def test_gpt2_available_checks_the_cache_then_the_server(tmp_path, monkeypatch):
     (folder / "config.json").write_text("{}")
     (folder / "model.safetensors").write_bytes(b"x")
     assert weights.gpt2_available("gpt2-small", cache_dir=tmp_path)
+
+
+def test_an_untied_head_cannot_load_into_a_tied_model(hf_folder):
+    cfg = config_from_hf(hf_folder / "config.json")
+    untied = GPTModel(GPTConfig(**vars(cfg) | {"tie_weights": False}))
+    state = untied.state_dict()  # its head is a separate random matrix
+    tied = GPTModel(cfg)
+    with pytest.raises(ValueError, match="build it with tie_weights=False"):
+        load_gpt2_weights(tied, state)
+    load_gpt2_weights(untied, {k: v.clone() for k, v in state.items()})  # fits

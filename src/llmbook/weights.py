@@ -118,6 +118,15 @@ def load_gpt2_weights(model, source) -> None:
         for k, v in ours.items()
         if k in state and state[k].shape != v.shape
     ]
+    tied = model.out_head.weight is model.tok_emb.weight
+    head, embedding = state.get("out_head.weight"), state.get("tok_emb.weight")
+    if tied and head is not None and embedding is not None and not (
+        head.shape == embedding.shape and torch.equal(head, embedding)
+    ):
+        problems.append(
+            "out_head.weight differs from tok_emb.weight in the checkpoint, but "
+            "the model ties them: build it with tie_weights=False"
+        )
     if problems:
         hint = ""
         if any(".att.W_query.bias" in p for p in problems):
