@@ -221,6 +221,8 @@ def test_gpt2_available_checks_the_cache_then_the_server(tmp_path, monkeypatch):
     (folder / "config.json").write_text("{}")
     (folder / "model.safetensors").write_bytes(b"x")
     assert weights.gpt2_available("gpt2-small", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown GPT-2 size 'gpt5'"):
+        weights.gpt2_available("gpt5", cache_dir=tmp_path)
 
 
 def test_an_untied_head_cannot_load_into_a_tied_model(hf_folder):

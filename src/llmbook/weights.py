@@ -209,21 +209,26 @@ def download_file(url: str, dest: Path, progress: bool = True) -> Path:
     return dest
 
 
-def download_gpt2(size: str = "gpt2-small", cache_dir=None, progress=True) -> Path:
-    """The folder with `config.json` and `model.safetensors` of an official GPT-2.
-
-    Files already in the cache are not downloaded again. The cache is
-    `cache_dir`, else `$LLMBOOK_CACHE_DIR/gpt2`, else `~/.cache/llmbook/gpt2`.
-    """
+def gpt2_folder(size: str, cache_dir=None) -> Path:
+    """Where the files of GPT-2 `size` are cached: `cache_dir`, else
+    `$LLMBOOK_CACHE_DIR/gpt2`, else `~/.cache/llmbook/gpt2`; one folder per size."""
     if size not in GPT2_CHECKPOINTS:
         sizes = ", ".join(GPT2_CHECKPOINTS)
         raise ValueError(f"unknown GPT-2 size {size!r}; choose from {sizes}")
-    repo, _ = GPT2_CHECKPOINTS[size]
     if cache_dir is None:
         from llmbook.data import cache_dir as data_cache_dir
 
         cache_dir = data_cache_dir() / "gpt2"
-    folder = Path(cache_dir) / size
+    return Path(cache_dir) / size
+
+
+def download_gpt2(size: str = "gpt2-small", cache_dir=None, progress=True) -> Path:
+    """The folder with `config.json` and `model.safetensors` of an official GPT-2.
+
+    Files already in the cache (see `gpt2_folder`) are not downloaded again.
+    """
+    folder = gpt2_folder(size, cache_dir)
+    repo, _ = GPT2_CHECKPOINTS[size]
     for file in ["config.json", "model.safetensors"]:
         if not (folder / file).is_file():
             url = HF_URL.format(repo=repo, file=file)
@@ -239,11 +244,7 @@ def download_gpt2(size: str = "gpt2-small", cache_dir=None, progress=True) -> Pa
 
 def gpt2_available(size: str = "gpt2-small", cache_dir=None) -> bool:
     """Whether `download_gpt2(size)` can work: cached, or the server answers."""
-    if cache_dir is None:
-        from llmbook.data import cache_dir as data_cache_dir
-
-        cache_dir = data_cache_dir() / "gpt2"
-    folder = Path(cache_dir) / size
+    folder = gpt2_folder(size, cache_dir)
     if all((folder / f).is_file() for f in ["config.json", "model.safetensors"]):
         return True
     url = HF_URL.format(repo=GPT2_CHECKPOINTS[size][0], file="config.json")
