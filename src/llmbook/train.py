@@ -17,8 +17,14 @@ def calc_loss_batch(input_batch, target_batch, model, device) -> torch.Tensor:
     )
 
 
-def calc_loss_loader(data_loader, model, device, num_batches=None) -> float:
-    """Average batch loss over the first `num_batches` batches (default: all)."""
+def calc_loss_loader(
+    data_loader, model, device, num_batches=None, loss_fn=calc_loss_batch
+) -> float:
+    """Average batch loss over the first `num_batches` batches (default: all).
+
+    `loss_fn(input_batch, target_batch, model, device)` computes one batch's loss;
+    the default is next-token cross-entropy, chapter 8 passes another.
+    """
     if len(data_loader) == 0:
         raise ValueError("the data loader has no batches to evaluate")
     if num_batches is None or num_batches > len(data_loader):
@@ -27,7 +33,7 @@ def calc_loss_loader(data_loader, model, device, num_batches=None) -> float:
     for i, (input_batch, target_batch) in enumerate(data_loader):
         if i == num_batches:
             break
-        total += calc_loss_batch(input_batch, target_batch, model, device).item()
+        total += loss_fn(input_batch, target_batch, model, device).item()
     return total / num_batches
 
 
@@ -67,16 +73,17 @@ class TrainingHistory:
     tokens_seen: list[int] = field(default_factory=list)
     train_losses: list[float] = field(default_factory=list)
     val_losses: list[float] = field(default_factory=list)
-    samples: list[str] = field(default_factory=list)  # one per epoch, with `sample`
+    samples: list = field(default_factory=list)  # one per epoch: what `sample` gave
 
 
-def evaluate(model, train_loader, val_loader, device, eval_iter):
+def evaluate(model, train_loader, val_loader, device, eval_iter,
+             loss_fn=calc_loss_batch):
     """Train and validation loss with dropout off and no gradients."""
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        train_loss = calc_loss_loader(train_loader, model, device, eval_iter)
-        val_loss = calc_loss_loader(val_loader, model, device, eval_iter)
+        train_loss = calc_loss_loader(train_loader, model, device, eval_iter, loss_fn)
+        val_loss = calc_loss_loader(val_loader, model, device, eval_iter, loss_fn)
     model.train(was_training)
     return train_loss, val_loss
 
@@ -106,13 +113,16 @@ def train_model(
     optimizer,
     device,
     config: TrainingConfig | None = None,
-    sample: Callable[[torch.nn.Module], str] | None = None,
+    sample: Callable[[torch.nn.Module], object] | None = None,
     resume: bool = False,
+    loss_fn: Callable = calc_loss_batch,
 ) -> TrainingHistory:
     """Train with `optimizer`, evaluating every `config.eval_freq` steps.
 
-    `sample(model)`, if given, is called in eval mode after every epoch and its
-    text kept in the history. With `resume=True` and checkpoints in
+    `loss_fn(input_batch, target_batch, model, device)` gives a batch's loss
+    (default: next-token cross-entropy). `sample(model)`, if given, is called in
+    eval mode after every epoch and what it returns (a text, an accuracy) is kept
+    in the history. With `resume=True` and checkpoints in
     `config.checkpoint_dir`, training continues from the latest one and ends with
     exactly the weights an uninterrupted run has (same device, same data).
     """
@@ -141,7 +151,7 @@ def train_model(
             resumed = None
         for input_batch, target_batch in batches:
             optimizer.zero_grad()
-            loss = calc_loss_batch(input_batch, target_batch, model, device)
+            loss = loss_fn(input_batch, target_batch, model, device)
             loss.backward()
             optimizer.step()
             step, batch_in_epoch = step + 1, batch_in_epoch + 1
@@ -149,7 +159,7 @@ def train_model(
             bar.update(1)
             if step % config.eval_freq == 0:
                 train_loss, val_loss = evaluate(
-                    model, train_loader, val_loader, device, config.eval_iter
+                    model, train_loader, val_loader, device, config.eval_iter, loss_fn
                 )
                 history.steps.append(step)
                 history.tokens_seen.append(tokens)
@@ -194,15 +204,20 @@ from safetensors.torch import save_file
 
 def _state_to_save(model) -> dict[str, torch.Tensor]:
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    if model.cfg.tie_weights:
-        state.pop("out_head.weight")  # the same tensor as tok_emb.weight
+    if model.out_head.weight is model.tok_emb.weight:
+        state.pop("out_head.weight")  # tied: the same tensor as tok_emb.weight
     return state
 
 
-def save_model(model, path: str | os.PathLike) -> None:
-    """Write the weights and the GPTConfig to one safetensors file, atomically."""
+def save_model(model, path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """Write the weights and the GPTConfig to one safetensors file, atomically.
+
+    `metadata` adds string entries to the file's header (chapter 8 records there
+    how many classes a classifier has).
+    """
     path = Path(path)
-    metadata = {"format": "llmbook-gpt", "config": json.dumps(vars(model.cfg))}
+    metadata = {"format": "llmbook-gpt", "config": json.dumps(vars(model.cfg)),
+                **(metadata or {})}
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(_state_to_save(model), tmp, metadata=metadata)
     os.replace(tmp, path)
@@ -228,7 +243,7 @@ def load_weights(model, path: str | os.PathLike) -> None:
                 + ("\n  ..." if len(problems) > 20 else "")
             )
         state = {k: f.get_tensor(k) for k in expected}
-    model.load_state_dict(state, strict=not model.cfg.tie_weights)
+    model.load_state_dict(state, strict="out_head.weight" in expected)
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
@@ -239,6 +254,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
         metadata = f.metadata() or {}
     if metadata.get("format") != "llmbook-gpt":
         raise ValueError(f"{path} was not written by llmbook's save_model")
+    if "num_classes" in metadata:
+        raise ValueError(f"{path} holds a classifier with {metadata['num_classes']} "
+                         "classes: load it with llmbook.classify.load_classifier")
     model = GPTModel(GPTConfig(**json.loads(metadata["config"])))
     load_weights(model, path)
     return model.to(device)
