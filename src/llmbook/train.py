@@ -76,9 +76,12 @@ class TrainingHistory:
     samples: list = field(default_factory=list)  # one per epoch: what `sample` gave
 
 
-def evaluate(model, train_loader, val_loader, device, eval_iter,
-             loss_fn=calc_loss_batch):
-    """Train and validation loss with dropout off and no gradients."""
+def evaluate(model, train_loader, val_loader, device, eval_iter, loss_fn=None):
+    """Train and validation loss with dropout off and no gradients.
+
+    `loss_fn` is as in `calc_loss_loader` (default: next-token cross-entropy).
+    """
+    loss_fn = loss_fn or calc_loss_batch
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -115,7 +118,7 @@ def train_model(
     config: TrainingConfig | None = None,
     sample: Callable[[torch.nn.Module], object] | None = None,
     resume: bool = False,
-    loss_fn: Callable = calc_loss_batch,
+    loss_fn: Callable | None = None,
 ) -> TrainingHistory:
     """Train with `optimizer`, evaluating every `config.eval_freq` steps.
 
@@ -127,6 +130,7 @@ def train_model(
     exactly the weights an uninterrupted run has (same device, same data).
     """
     config = config or TrainingConfig()
+    loss_fn = loss_fn or calc_loss_batch
     history, step, epoch, batch_in_epoch, tokens = TrainingHistory(), 0, 0, 0, 0
     resumed = None
     if resume and config.checkpoint_dir and latest_checkpoint(config.checkpoint_dir):
