@@ -1,0 +1,266 @@
+"""llmbook.instruct: prompt format, splits, collate, responses, JSON, ROUGE, judge."""
+
+import http.server
+import json
+import threading
+
+import pytest
+import torch
+
+from llmbook.data import data_file
+from llmbook.instruct import (
+    InstructionDataset,
+    JudgeScores,
+    ask_judge,
+    check_entries,
+    create_instruction_loaders,
+    extract_response,
+    format_input,
+    format_response,
+    generate_responses,
+    instruction_collate,
+    judge_available,
+    load_instruction_splits,
+    parse_score,
+    rouge_l,
+    save_json,
+    score_responses,
+)
+from llmbook.model import GPTConfig, GPTModel
+from llmbook.tokenizer import gpt2_tokenizer
+from llmbook.train import TrainingConfig, train_model
+
+PREAMBLE = (
+    "Below is an instruction that describes a task. Write a response that "
+    "appropriately completes the request."
+)
+ENTRY = {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"}
+
+
+def test_prompt_format_is_exactly_alpaca():
+    assert format_input(ENTRY) == (
+        f"{PREAMBLE}\n\n### Instruction:\nAdd the numbers.\n\n### Input:\n2 and 3"
+    )
+    no_input = {**ENTRY, "input": ""}
+    assert format_input(no_input) == f"{PREAMBLE}\n\n### Instruction:\nAdd the numbers."
+    assert format_input({"instruction": "x", "output": "y"}).endswith("x")
+    assert format_response(ENTRY) == "\n\n### Response:\n5"
+
+
+def test_splits_are_deterministic_and_sized():
+    train, val, test = load_instruction_splits()
+    assert (len(train), len(val), len(test)) == (935, 110, 55)
+    everything = json.loads(data_file("instruction-data.json").read_text("utf-8"))
+    assert train + val + test == everything
+    assert load_instruction_splits() == (train, val, test)
+
+
+@pytest.mark.parametrize(
+    "entries, message",
+    [
+        ([ENTRY, {"input": "", "output": "y"}], "entry 1 has no 'instruction'"),
+        ([ENTRY, ENTRY, {"instruction": "x", "input": ""}], "entry 2 has no 'output'"),
+        ([{"instruction": "x", "output": "  "}], "entry 0 has no 'output'"),
+        ([ENTRY, "text"], "entry 1 is a str"),
+        ([{**ENTRY, "input": 3}], "entry 0 has an 'input' that is not text"),
+    ],
+)
+def test_entries_missing_fields_are_named(entries, message):
+    with pytest.raises(ValueError, match=message):
+        check_entries(entries)
+    with pytest.raises(ValueError, match=message):
+        InstructionDataset(entries)
+
+
+def test_collate_matches_the_worked_example():
+    inputs, targets = instruction_collate([[0, 1, 2, 3, 4], [5, 6], [7, 8, 9]])
+    assert inputs.tolist() == [[0, 1, 2, 3, 4], [5, 6, 50256, 50256, 50256],
+                               [7, 8, 9, 50256, 50256]]
+    assert targets.tolist() == [[1, 2, 3, 4, 50256], [6, 50256, -100, -100, -100],
+                                [8, 9, 50256, -100, -100]]
+
+
+def test_collate_masks_prompts_and_cuts_to_the_allowed_length():
+    batch = [([10, 11, 12, 13, 14], 3), ([20, 21, 22], 2)]
+    inputs, targets = instruction_collate(batch, mask_prompt=True)
+    assert targets.tolist() == [[-100, -100, 13, 14, 50256],
+                                [-100, 22, 50256, -100, -100]]
+    inputs, targets = instruction_collate(batch, allowed_max_length=4)
+    assert inputs.shape == targets.shape == (2, 4)
+    assert inputs[0].tolist() == [10, 11, 12, 13]
+    _, ignored = instruction_collate([[1, 2]], ignore_index=-1, pad_token_id=0)
+    assert ignored.tolist() == [[2, 0]]
+    with pytest.raises(ValueError, match="item 0: its prompt has 3 tokens.*"
+                                         "allowed_max_length=2"):
+        instruction_collate(batch, allowed_max_length=2)
+    with pytest.raises(ValueError, match="mask_prompt needs"):
+        instruction_collate([[1, 2, 3]], mask_prompt=True)
+
+
+def test_dataset_knows_where_the_prompt_ends():
+    tokenizer = gpt2_tokenizer()
+    ids, prompt_length = InstructionDataset([ENTRY])[0]
+    assert tokenizer.decode(ids[:prompt_length]) == format_input(ENTRY)
+    assert tokenizer.decode(ids[prompt_length:]) == format_response(ENTRY)
+
+
+def test_ignored_targets_do_not_change_the_loss():
+    torch.manual_seed(0)
+    logits = torch.randn(5, 7)
+    targets = torch.tensor([1, 2, 3, -100, -100])
+    full = torch.nn.functional.cross_entropy(logits, targets)
+    torch.testing.assert_close(
+        full, torch.nn.functional.cross_entropy(logits[:3], targets[:3])
+    )
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return GPTModel(GPTConfig.preset("debug", context_length=128))
+
+
+def test_finetuning_on_entries_lowers_the_validation_loss():
+    train, val, _ = load_instruction_splits()
+    train_loader, val_loader = create_instruction_loaders(train[:48], val[:8],
+                                                          batch_size=8)
+    assert len(train_loader) == 6
+    model = tiny_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    history = train_model(model, train_loader, val_loader, optimizer, "cpu",
+                          TrainingConfig(num_epochs=3, eval_freq=3, eval_iter=None,
+                                         progress=False))
+    assert history.val_losses[-1] < history.val_losses[0] - 1.0
+
+
+def test_responses_stop_at_end_of_text_and_are_extracted():
+    prompt = format_input(ENTRY)
+    generated = prompt + "\n\n### Response:\n 5 apples <|endoftext|>more"
+    assert extract_response(generated, prompt) == "5 apples"
+    with pytest.raises(ValueError, match="does not start with the prompt"):
+        extract_response("something else", prompt)
+    model = tiny_model().train()
+    answered = generate_responses(model, [ENTRY, {**ENTRY, "input": ""}],
+                                  max_new_tokens=5)
+    assert model.training  # the mode is restored
+    assert [set(e) for e in answered] == [{*ENTRY, "model_response"}] * 2
+    assert all("<|endoftext|>" not in e["model_response"] for e in answered)
+    assert "model_response" not in ENTRY  # the input entries are not changed
+    long = {**ENTRY, "input": "word " * 200}
+    with pytest.raises(ValueError, match="entry 0: its prompt has .* context of 128"):
+        generate_responses(model, [long])
+
+
+def test_save_json_is_atomic_and_round_trips(tmp_path, monkeypatch):
+    path = tmp_path / "out.json"
+    save_json([{"a": "é"}], path)
+    assert json.loads(path.read_text(encoding="utf-8")) == [{"a": "é"}]
+    with pytest.raises(TypeError):
+        save_json([{"a": object()}], path)  # cannot be written as JSON
+    assert json.loads(path.read_text(encoding="utf-8")) == [{"a": "é"}]
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_rouge_l_is_one_for_a_copy_and_lower_for_less():
+    text = "The cat sat on the mat."
+    same = {"output": text, "model_response": text}
+    other = {**same, "model_response": "A dog."}
+    half = {**same, "model_response": "The cat."}
+    assert rouge_l([same]) == pytest.approx(1.0)
+    assert rouge_l([other]) == 0.0
+    assert 0 < rouge_l([half]) < 1
+    assert rouge_l([same, other]) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    "answer, score",
+    [("85", 85), ("Score: 72/100", 72), ("I'd give it 90.", 90), ("100", 100),
+     ("good", None), ("1000", None), ("7.5 out of 10", 10), ("-", None), ("0", 0)],
+)
+def test_parse_score(answer, score):
+    assert parse_score(answer) == score
+
+
+class JudgeServer(http.server.BaseHTTPRequestHandler):
+    """A stand-in judge speaking Ollama's and OpenAI's chat protocols."""
+
+    answers: list[str] = []
+    requests: list[tuple[str, dict]] = []
+
+    def do_POST(self):  # noqa: N802 (the name http.server calls)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        JudgeServer.requests.append((self.path, body))
+        text = JudgeServer.answers[(len(JudgeServer.requests) - 1) % len(self.answers)]
+        if self.path == "/api/chat":
+            reply = {"model": body["model"], "done": True,
+                     "message": {"role": "assistant", "content": text}}
+        elif self.path == "/v1/chat/completions":
+            reply = {"object": "chat.completion", "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": text}}]}
+        else:
+            self.send_error(404)
+            return
+        payload = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def judge():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), JudgeServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    JudgeServer.requests.clear()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+ANSWERED = [{**ENTRY, "model_response": r} for r in ["5", "six", "5.0"]]
+
+
+@pytest.mark.parametrize("api, path", [("ollama", "/api/chat"),
+                                       ("openai", "/v1/chat/completions")])
+def test_score_responses_over_http(judge, api, path):
+    JudgeServer.answers = ["90", "Score: 10/100", "I cannot tell."]
+    result = score_responses(ANSWERED, url=judge, model="judge-model", api=api)
+    assert isinstance(result, JudgeScores)
+    assert result.scores == [90, 10, None]
+    assert result.missing == 1 and result.mean == 50.0
+    assert result.answers[2] == "I cannot tell."
+    assert [p for p, _ in JudgeServer.requests] == [path] * 3
+    body = JudgeServer.requests[1][1]
+    assert body["model"] == "judge-model"
+    assert body["messages"][0]["role"] == "user"
+    content = body["messages"][0]["content"]
+    assert format_input(ENTRY) in content and "`six`" in content
+    assert "0 to 100" in content
+    if api == "ollama":
+        assert body["stream"] is False
+    assert judge_available(judge)
+
+
+def test_a_judge_without_numbers_gives_no_mean(judge):
+    JudgeServer.answers = ["fine"]
+    result = score_responses(ANSWERED[:2], url=judge, model="m")
+    assert result.scores == [None, None] and result.missing == 2
+    assert result.mean is None
+
+
+def test_a_judge_that_does_not_answer_is_named(judge):
+    with pytest.raises(ConnectionError, match=r"no judge answers at "
+                                              r"http://127.0.0.1:9 .*ollama serve"):
+        score_responses(ANSWERED, url="http://127.0.0.1:9", model="m")
+    with pytest.raises(ConnectionError, match="OpenAI-compatible server"):
+        score_responses(ANSWERED, url="http://127.0.0.1:9", model="m", api="openai")
+    assert not judge_available("http://127.0.0.1:9")
+    with pytest.raises(ValueError, match="api must be one of"):
+        score_responses(ANSWERED, url=judge, model="m", api="anthropic")
+    JudgeServer.answers = ["1"]
+    with pytest.raises(RuntimeError, match="answered 404"):
+        ask_judge("hi", judge + "/nowhere", "m")
