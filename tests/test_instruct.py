@@ -93,6 +93,9 @@ def test_collate_masks_prompts_and_cuts_to_the_allowed_length():
     with pytest.raises(ValueError, match="item 0: its prompt has 3 tokens.*"
                                          "allowed_max_length=2"):
         instruction_collate(batch, allowed_max_length=2)
+    _, exact = instruction_collate([([1, 2, 3, 4], 3)], allowed_max_length=3,
+                                   mask_prompt=True)
+    assert exact.tolist() == [[-100, -100, 4]]  # the first response token stays
     with pytest.raises(ValueError, match="mask_prompt needs"):
         instruction_collate([[1, 2, 3]], mask_prompt=True)
 

@@ -114,10 +114,11 @@ def instruction_collate(batch, pad_token_id: int = 50256, ignore_index: int = -1
                          "InstructionDataset gives")
     if allowed_max_length is not None:
         for i, (_, length) in enumerate(items):
-            if length is not None and length >= allowed_max_length:
+            if length is not None and length > allowed_max_length:
                 raise ValueError(
-                    f"item {i}: its prompt has {length} tokens, which leaves no room "
-                    f"for a response within allowed_max_length={allowed_max_length}"
+                    f"item {i}: its prompt has {length} tokens, more than "
+                    f"allowed_max_length={allowed_max_length}, so no response token "
+                    "would be trained on"
                 )
     longest = max(len(ids) for ids, _ in items) + 1  # one end-of-text each
     inputs, targets = [], []
