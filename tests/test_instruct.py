@@ -172,6 +172,8 @@ def test_rouge_l_is_one_for_a_copy_and_lower_for_less():
     assert rouge_l([other]) == 0.0
     assert 0 < rouge_l([half]) < 1
     assert rouge_l([same, other]) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="at least one entry"):
+        rouge_l([])
 
 
 @pytest.mark.parametrize(

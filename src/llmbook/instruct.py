@@ -225,6 +225,8 @@ def save_json(data, path) -> Path:
 
 def rouge_l(entries, key: str = "model_response") -> float:
     """Mean ROUGE-L F1 between each entry's `key` and its reference `output`."""
+    if not entries:
+        raise ValueError("rouge_l needs at least one entry to score")
     try:
         from rouge_score import rouge_scorer
     except ImportError as exc:
