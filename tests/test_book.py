@@ -132,9 +132,9 @@ def test_figure_blocks_must_leave_a_figure():
 def test_site_builds_strictly_without_warnings(tmp_path):
     """`mkdocs build --strict` makes every warning (a broken link, say) a failure.
 
-    Drawing the figures runs their code, and the training plot of chapter 7 reads
-    the-verdict.txt and GPT-2's tokenizer files: the build uses the local copies
-    that LLMBOOK_DATA_DIR and TIKTOKEN_CACHE_DIR name (CI has no network at all).
+    Drawing the figures runs their code, and the training plots of chapters 7-9
+    read the data files and GPT-2's tokenizer files: the build uses the local
+    copies that LLMBOOK_DATA_DIR and TIKTOKEN_CACHE_DIR name (CI has no network).
     """
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     site = tmp_path / "site"
