@@ -1,6 +1,7 @@
 """llmbook.train: losses, a falling training loss, exact resume, checked checkpoints."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +13,10 @@ from llmbook.train import (
     calc_loss_batch,
     calc_loss_loader,
     latest_checkpoint,
+    load_checkpoint,
     load_model,
     load_weights,
+    save_checkpoint,
     save_model,
     train_model,
 )
@@ -180,3 +183,133 @@ def test_training_config_validation():
         TrainingConfig(checkpoint_every=5)
     with pytest.raises(ValueError, match="must be positive"):
         TrainingConfig(num_epochs=0)
+
+
+def small_run(text, directory, resume=False, overwrite=False, max_steps=None,
+              every=2, keep=2, sample=None, loss_fn=None, epochs=1):
+    torch.manual_seed(0)
+    model = GPTModel(CFG)
+    train, val = loaders(text)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    settings = TrainingConfig(num_epochs=epochs, eval_freq=100, eval_iter=1,
+                              checkpoint_dir=directory, checkpoint_every=every,
+                              keep_checkpoints=keep, max_steps=max_steps,
+                              overwrite_checkpoints=overwrite, progress=False)
+    history = train_model(model, train, val, optimizer, "cpu", settings,
+                          sample=sample, resume=resume, loss_fn=loss_fn)
+    return model, history
+
+
+def folders(directory):
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_a_new_run_never_deletes_an_old_runs_checkpoints_unasked(tmp_path, text):
+    small_run(text, tmp_path, max_steps=8)
+    assert folders(tmp_path) == ["latest", "step-00000006", "step-00000008"]
+    earlier = r"holds checkpoints of an earlier run \(latest: step-00000008\); pass"
+    with pytest.raises(ValueError, match=earlier):
+        small_run(text, tmp_path, max_steps=4)
+    assert folders(tmp_path) == ["latest", "step-00000006", "step-00000008"]
+    small_run(text, tmp_path, max_steps=4, overwrite=True)
+    assert folders(tmp_path) == ["latest", "step-00000002", "step-00000004"]
+    assert latest_checkpoint(tmp_path).name == "step-00000004"
+
+
+def test_rotation_orders_checkpoints_by_step_number(tmp_path):
+    model = GPTModel(CFG)
+    optimizer = torch.optim.AdamW(model.parameters())
+    for step in [99_999_999, 100_000_000, 100_000_001]:
+        save_checkpoint(tmp_path, model, optimizer, {"step": step}, keep=2)
+    assert folders(tmp_path) == ["latest", "step-100000000", "step-100000001"]
+    assert latest_checkpoint(tmp_path).is_dir()
+    with pytest.raises(ValueError, match="keep must be at least 1"):
+        save_checkpoint(tmp_path, model, optimizer, {"step": 1}, keep=0)
+
+
+def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoint(
+    tmp_path, text
+):
+    calls = []
+
+    def loss_that_diverges(inputs, targets, model, device):
+        calls.append(1)
+        loss = calc_loss_batch(inputs, targets, model, device)
+        return loss * float("nan") if len(calls) >= 5 else loss
+
+    with pytest.raises(FloatingPointError, match="NaN or infinite at step 5.*"
+                                                 "kept: .*step-00000004"):
+        small_run(text, tmp_path, loss_fn=loss_that_diverges, every=2, keep=1)
+    assert folders(tmp_path) == ["latest", "step-00000004"]
+    model = GPTModel(CFG)
+    state = load_checkpoint(tmp_path, model, torch.optim.AdamW(model.parameters()))
+    assert state["step"] == 4
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("keep_checkpoints", 0), ("keep_checkpoints", -1), ("checkpoint_every", 0),
+     ("max_steps", 0), ("max_steps", -3), ("eval_iter", 0), ("eval_freq", 0)],
+)
+def test_settings_that_would_do_nothing_are_refused(tmp_path, field, value):
+    with pytest.raises(ValueError, match=f"{field} must be positive"):
+        TrainingConfig(checkpoint_dir=tmp_path, **{field: value})
+
+
+def test_an_empty_training_loader_is_an_error():
+    with pytest.raises(ValueError, match="training loader has no batches"):
+        train_model(GPTModel(CFG), [], [], None, "cpu")
+
+
+def test_what_sample_returns_is_saved_as_plain_json_or_refused(tmp_path, text):
+    import numpy as np
+
+    _, history = small_run(text, tmp_path / "a", every=3, epochs=2,
+                           sample=lambda m: np.str_("text"))
+    model = GPTModel(CFG)
+    optimizer = torch.optim.AdamW(model.parameters())
+    state = load_checkpoint(tmp_path / "a", model, optimizer)
+    assert state["history"]["samples"] == ["text"]  # after the first epoch
+    with pytest.raises(ValueError, match="cannot be saved as JSON.*plain Python"):
+        small_run(text, tmp_path / "b", every=3, epochs=2, sample=lambda m: object())
+    assert not list((tmp_path / "b").glob(".step-*"))  # nothing half-written
+
+
+def test_failed_saves_leave_no_temporary_files(tmp_path, monkeypatch):
+    import llmbook.train as train
+
+    model = GPTModel(CFG)
+    optimizer = torch.optim.AdamW(model.parameters())
+
+    def full_disk(obj, path, *args, **kwargs):
+        Path(path).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(train.torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(tmp_path, model, optimizer, {"step": 1})
+    assert folders(tmp_path) == []
+    monkeypatch.setattr(train, "save_file", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        save_model(model, tmp_path / "m.safetensors")
+    assert folders(tmp_path) == []
+
+
+def test_leftovers_of_a_killed_save_are_removed_on_resume(tmp_path, text):
+    small_run(text, tmp_path, max_steps=4)
+    (tmp_path / ".step-00000006.abc").mkdir()
+    (tmp_path / ".step-00000006.abc" / "model.safetensors").write_bytes(b"half")
+    small_run(text, tmp_path, resume=True, max_steps=6)
+    assert folders(tmp_path) == ["latest", "step-00000004", "step-00000006"]
+
+
+def test_a_flipped_bit_in_a_checkpoint_is_caught(tmp_path, text):
+    small_run(text, tmp_path, max_steps=4)
+    weights = tmp_path / "step-00000004" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x01  # one bit of one weight
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="model.safetensors is missing or does not "
+                                         "match its recorded checksum"):
+        small_run(text, tmp_path, resume=True, max_steps=6)

@@ -233,3 +233,24 @@ def test_an_untied_head_cannot_load_into_a_tied_model(hf_folder):
     with pytest.raises(ValueError, match="build it with tie_weights=False"):
         load_gpt2_weights(tied, state)
     load_gpt2_weights(untied, {k: v.clone() for k, v in state.items()})  # fits
+
+
+class HeadHandler(RangeHandler):
+    def do_HEAD(self):  # noqa: N802 (the name http.server expects)
+        self.send_response(200 if self.path.endswith("/config.json") else 404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def test_gpt2_available_when_the_server_answers(tmp_path, monkeypatch):
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HeadHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{httpd.server_address[1]}"
+        monkeypatch.setattr(weights, "HF_URL", base + "/{repo}/{file}")
+        assert weights.gpt2_available("gpt2-small", cache_dir=tmp_path)
+        monkeypatch.setattr(weights, "HF_URL", base + "/{repo}/{file}.missing")
+        assert not weights.gpt2_available("gpt2-small", cache_dir=tmp_path)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -37,6 +37,7 @@ def calc_loss_loader(
     return total / num_batches
 
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,12 +56,19 @@ class TrainingConfig:
     checkpoint_dir: str | Path | None = None  # where checkpoints go, if anywhere
     checkpoint_every: int | None = None  # steps between checkpoints
     keep_checkpoints: int = 2  # older ones are deleted
+    overwrite_checkpoints: bool = False  # may a new run delete an old run's?
     max_steps: int | None = None  # stop after this many steps in total
     progress: bool = True  # show a progress bar
 
     def __post_init__(self):
-        if self.num_epochs < 1 or self.eval_freq < 1:
-            raise ValueError("num_epochs and eval_freq must be positive")
+        for name in ["num_epochs", "eval_freq", "keep_checkpoints"]:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ["eval_iter", "checkpoint_every", "max_steps"]:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(
+                    f"{name} must be positive or None, got {getattr(self, name)}"
+                )
         if self.checkpoint_every is not None and self.checkpoint_dir is None:
             raise ValueError("checkpoint_every needs a checkpoint_dir")
 
@@ -131,17 +139,32 @@ def train_model(
     """
     config = config or TrainingConfig()
     loss_fn = loss_fn or calc_loss_batch
+    if len(train_loader) == 0:
+        raise ValueError("the training loader has no batches: nothing to train on")
     history, step, epoch, batch_in_epoch, tokens = TrainingHistory(), 0, 0, 0, 0
     resumed = None
-    if resume and config.checkpoint_dir and latest_checkpoint(config.checkpoint_dir):
-        resumed = load_checkpoint(config.checkpoint_dir, model, optimizer)
-        step, epoch = resumed["step"], resumed["epoch"]
-        batch_in_epoch, tokens = resumed["batch_in_epoch"], resumed["tokens_seen"]
-        history = TrainingHistory(**resumed["history"])
+    if config.checkpoint_dir is not None:
+        earlier = latest_checkpoint(config.checkpoint_dir)
+        if earlier is not None and not resume:
+            if not config.overwrite_checkpoints:
+                raise ValueError(
+                    f"{config.checkpoint_dir} holds checkpoints of an earlier run "
+                    f"(latest: {earlier.name}); pass resume=True to continue it, or "
+                    "set overwrite_checkpoints=True to delete them and start afresh"
+                )
+            remove_checkpoints(config.checkpoint_dir)
+        elif earlier is not None:
+            resumed = load_checkpoint(config.checkpoint_dir, model, optimizer)
+            step, epoch = resumed["step"], resumed["epoch"]
+            batch_in_epoch, tokens = resumed["batch_in_epoch"], resumed["tokens_seen"]
+            history = TrainingHistory(**resumed["history"])
+        for leftover in Path(config.checkpoint_dir).glob(".step-*"):
+            shutil.rmtree(leftover)  # half-written by a run that was killed
     total = config.num_epochs * len(train_loader)
     if config.max_steps is not None:
         total = min(total, config.max_steps)
     bar = tqdm(total=total, initial=step, disable=not config.progress, unit="step")
+    diverged = torch.zeros((), dtype=torch.long)
     model.train()
     while epoch < config.num_epochs and step < total:
         if resumed is not None:  # replay this epoch's shuffle, then skip what was done
@@ -159,9 +182,14 @@ def train_model(
             loss.backward()
             optimizer.step()
             step, batch_in_epoch = step + 1, batch_in_epoch + 1
+            # The first step whose loss is NaN or infinite (0: none yet), kept on
+            # the device so that no step waits for the GPU; read before saving.
+            bad = ~torch.isfinite(loss.detach())
+            diverged = torch.where((diverged.to(bad.device) == 0) & bad, step, diverged)
             tokens += input_batch.numel()
             bar.update(1)
             if step % config.eval_freq == 0:
+                check_finite(diverged, config.checkpoint_dir)
                 train_loss, val_loss = evaluate(
                     model, train_loader, val_loader, device, config.eval_iter, loss_fn
                 )
@@ -171,16 +199,16 @@ def train_model(
                 history.val_losses.append(val_loss)
                 bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
             if config.checkpoint_every and step % config.checkpoint_every == 0:
+                check_finite(diverged, config.checkpoint_dir)
                 state = {
                     "step": step,
                     "epoch": epoch,
                     "batch_in_epoch": batch_in_epoch,
                     "tokens_seen": tokens,
                     "history": vars(history),
-                    "epoch_rng": epoch_rng,
-                    "rng": _rng_states(train_loader),
                 }
-                save_checkpoint(config.checkpoint_dir, model, optimizer, state,
+                rng = {"epoch_rng": epoch_rng, "rng": _rng_states(train_loader)}
+                save_checkpoint(config.checkpoint_dir, model, optimizer, state, rng,
                                 keep=config.keep_checkpoints)
             if step >= total:
                 break
@@ -192,7 +220,21 @@ def train_model(
                     history.samples.append(sample(model))
                 model.train()
     bar.close()
+    check_finite(diverged, config.checkpoint_dir)
     return history
+
+
+def check_finite(diverged: torch.Tensor, checkpoint_dir=None) -> None:
+    """Raise FloatingPointError if `diverged` names a step whose loss was not finite."""
+    first = int(diverged)
+    if first == 0:
+        return
+    kept = latest_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+    where = f"; the last checkpoint before it is kept: {kept}" if kept else ""
+    raise FloatingPointError(
+        f"the training loss became NaN or infinite at step {first}, so training "
+        f"stopped{where}. Lower the learning rate, or check the data and the loss"
+    )
 
 
 import json
@@ -223,8 +265,12 @@ def save_model(model, path: str | os.PathLike, metadata: dict | None = None) -> 
     metadata = {"format": "llmbook-gpt", "config": json.dumps(vars(model.cfg)),
                 **(metadata or {})}
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(_state_to_save(model), tmp, metadata=metadata)
-    os.replace(tmp, path)
+    try:
+        save_file(_state_to_save(model), tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_weights(model, path: str | os.PathLike) -> None:
@@ -266,12 +312,18 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     return model.to(device)
 
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
+
+
+def _step_of(folder: Path) -> int:
+    return int(folder.name.removeprefix("step-"))
 
 
 def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
@@ -282,32 +334,99 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     return Path(directory) / pointer.read_text(encoding="utf-8").strip()
 
 
-def save_checkpoint(directory, model, optimizer, state: dict, keep: int = 2) -> Path:
-    """Save model, optimizer and `state` (which holds "step") as one checkpoint."""
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    """Push a file (or a folder's entries) from the OS cache to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(directory, model, optimizer, state: dict, rng: dict | None = None,
+                    keep: int = 2) -> Path:
+    """Save model, optimizer, `state` and random states as one checkpoint folder.
+
+    `state` (which holds "step") must be plain JSON: it is checked before anything
+    is written. The folder is written under a temporary name, with every file
+    synced to disk and its sha256 recorded, then renamed into place; only then
+    does `latest` point to it and are the oldest folders beyond `keep` deleted.
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be at least 1, got {keep}")
+    try:
+        state_json = json.dumps(state, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(
+            f"the training state cannot be saved as JSON ({exc}); a `sample` "
+            "function must return plain Python values (str, int, float, lists)"
+        ) from exc
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     name = f"step-{state['step']:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=directory))
-    save_model(model, tmp / "model.safetensors")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(state, tmp / "state.pt")
-    final = directory / name
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)  # the folder appears complete, or not at all
+    try:
+        save_model(model, tmp / "model.safetensors")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(rng or {}, tmp / "rng.pt")
+        (tmp / "state.json").write_text(state_json, encoding="utf-8")
+        files = ["model.safetensors", "optimizer.pt", "rng.pt", "state.json"]
+        sums = {file: _sha256(tmp / file) for file in files}
+        (tmp / "checksums.json").write_text(json.dumps(sums), encoding="utf-8")
+        for file in [*files, "checksums.json"]:
+            _fsync(tmp / file)
+        final = directory / name
+        if final.exists():  # a checkpoint of the same step, from before a resume
+            shutil.rmtree(final)
+        os.replace(tmp, final)  # the folder appears complete, or not at all
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     pointer = directory / ".latest.tmp"
     pointer.write_text(name, encoding="utf-8")
+    _fsync(pointer)
     os.replace(pointer, directory / "latest")
-    for old in sorted(directory.glob("step-*"))[:-keep]:
-        shutil.rmtree(old)
+    _fsync(directory)
+    folders = sorted(directory.glob("step-*"), key=_step_of)  # by number, not name
+    for old in folders[:-keep]:
+        if old != final:
+            shutil.rmtree(old)
     return final
 
 
+def remove_checkpoints(directory) -> None:
+    """Delete every checkpoint folder, leftover temporary folder and `latest`."""
+    directory = Path(directory)
+    (directory / "latest").unlink(missing_ok=True)
+    for folder in [*directory.glob("step-*"), *directory.glob(".step-*")]:
+        shutil.rmtree(folder)
+
+
 def load_checkpoint(directory, model, optimizer) -> dict:
-    """Restore model and optimizer from the latest checkpoint; return its state."""
+    """Restore model and optimizer from the latest checkpoint; return its state.
+
+    Every file is checked against the checksum recorded when it was saved.
+    """
     folder = latest_checkpoint(directory)
     if folder is None or not folder.is_dir():
         raise FileNotFoundError(f"no checkpoint in {directory}")
+    sums = json.loads((folder / "checksums.json").read_text(encoding="utf-8"))
+    for file, expected in sums.items():
+        if not (folder / file).is_file() or _sha256(folder / file) != expected:
+            raise ValueError(
+                f"{folder / file} is missing or does not match its recorded checksum:"
+                " the checkpoint is corrupt. Delete the folder and point `latest` at "
+                "an older one, or start afresh"
+            )
     load_weights(model, folder / "model.safetensors")
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-    return torch.load(folder / "state.pt", weights_only=True)
+    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    return {**state, **torch.load(folder / "rng.pt", weights_only=True)}

@@ -249,7 +249,8 @@ def gpt2_available(size: str = "gpt2-small", cache_dir=None) -> bool:
         return True
     url = HF_URL.format(repo=GPT2_CHECKPOINTS[size][0], file="config.json")
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), 5):
+        request = urllib.request.Request(url, method="HEAD")
+        with urllib.request.urlopen(request, timeout=5):
             return True
     except OSError:
         return False
