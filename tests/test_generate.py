@@ -84,3 +84,57 @@ def test_invalid_parameters_are_clear_errors(kwargs, message):
 def test_empty_prompt_is_an_error():
     with pytest.raises(ValueError, match="at least one token"):
         generate(Counter(), torch.zeros(1, 0, dtype=torch.long), 3, 8)
+
+
+class Fixed(torch.nn.Module):
+    """A fake model that always gives the same logits for the next token."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = torch.tensor(logits)
+
+    def forward(self, idx):
+        return self.logits.expand(*idx.shape, len(self.logits)).clone()
+
+
+@pytest.mark.parametrize("context_size", [0, -3, 65])
+def test_context_sizes_the_model_cannot_take_are_refused(model, context_size):
+    message = f"between 1 and the model's context length 64, got {context_size}"
+    with pytest.raises(ValueError, match=message):
+        generate(model, torch.tensor([[1, 2]]), 3, context_size)
+    with pytest.raises(ValueError, match="context_size"):
+        generate_text_simple(model, torch.tensor([[1, 2]]), 3, context_size)
+
+
+def test_ids_must_be_integers_and_eos_inside_the_vocabulary(model):
+    with pytest.raises(ValueError, match="token ids must be integers.*float32"):
+        generate(model, torch.tensor([[1.0, 2.0]]), 3, 64)
+    with pytest.raises(ValueError, match="eos_id must be an id below 50257, got 50257"):
+        generate(model, torch.tensor([[1, 2]]), 3, 64, eos_id=50257)
+    with pytest.raises(ValueError, match="got -1"):
+        generate(model, torch.tensor([[1, 2]]), 3, 64, eos_id=-1)
+
+
+def test_nan_logits_are_an_error_not_a_stream_of_zeros():
+    with pytest.raises(FloatingPointError, match="NaN logits"):
+        generate(Fixed([float("nan")] * 5), torch.tensor([[1]]), 4, 8)
+
+
+def test_top_k_keeps_exactly_k_tokens_even_when_tied():
+    tied = Fixed([1.0] * 10)
+    generator = torch.Generator().manual_seed(0)
+    out = generate(tied, torch.zeros(200, 1, dtype=torch.long), 1, 8,
+                   temperature=1.0, top_k=2, generator=generator)
+    assert len(set(out[:, 1].tolist())) == 2
+
+
+@pytest.mark.parametrize("temperature", [float("inf"), float("nan"), -0.5])
+def test_temperatures_that_mean_nothing_are_refused(temperature):
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        generate(Counter(), torch.tensor([[1]]), 2, 8, temperature=temperature)
+
+
+def test_a_tiny_temperature_is_greedy_not_an_error():
+    out = generate(Counter(), torch.tensor([[1]]), 5, 8, temperature=1e-38,
+                   generator=torch.Generator().manual_seed(0))
+    assert out.tolist() == [[1, 2, 3, 4, 5, 6]]

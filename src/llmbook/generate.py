@@ -8,14 +8,24 @@
 import torch
 
 
-def check_prompt(idx: torch.Tensor, max_new_tokens: int) -> None:
-    """Raise ValueError for a negative token budget or a prompt without tokens."""
+def check_prompt(idx: torch.Tensor, max_new_tokens: int, context_size: int,
+                 model: torch.nn.Module) -> None:
+    """Raise ValueError for a negative token budget, a prompt without tokens or
+    with non-integer ids, or a context size the model cannot take."""
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if idx.dim() != 2 or idx.shape[1] == 0:
         raise ValueError(
             f"idx must be (batch, tokens) with at least one token, got shape "
             f"{tuple(idx.shape)}; start an empty prompt with an <|endoftext|> token"
+        )
+    if idx.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"token ids must be integers (torch.long), got {idx.dtype}")
+    limit = getattr(getattr(model, "cfg", None), "context_length", None)
+    if context_size < 1 or (limit is not None and context_size > limit):
+        raise ValueError(
+            f"context_size must be between 1 and the model's context length "
+            f"{limit}, got {context_size}"
         )
 
 
@@ -30,7 +40,7 @@ def generate_text_simple(
     An empty prompt (T = 0) is an error: start it with a token such as
     `<|endoftext|>` (id 50256 in GPT-2), which is how GPT-2 saw documents begin.
     """
-    check_prompt(idx, max_new_tokens)
+    check_prompt(idx, max_new_tokens, context_size, model)
     for _ in range(max_new_tokens):
         logits = model(idx[:, -context_size:])  # (B, T', vocab_size)
         next_id = logits[:, -1, :].argmax(dim=-1, keepdim=True)  # (B, 1)
@@ -59,22 +69,31 @@ def generate(
     tokens only if `top_k` is given. Generation stops once every row has
     produced `eos_id` (which is kept); finished rows are padded with `eos_id`.
     """
-    if temperature < 0 or temperature != temperature:
+    if not 0 <= temperature < float("inf"):  # also refuses NaN
         raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
-    check_prompt(idx, max_new_tokens)
+    check_prompt(idx, max_new_tokens, context_size, model)
     finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+    nonfinite = torch.zeros((), dtype=torch.bool, device=idx.device)
     for _ in range(max_new_tokens):
         logits = model(idx[:, -context_size:])[:, -1, :]  # (B, vocab_size)
         vocab_size = logits.shape[-1]
         if top_k is not None and not 1 <= top_k <= vocab_size:
             raise ValueError(f"top_k must be between 1 and {vocab_size}, got {top_k}")
-        if top_k is not None:
-            kth_best = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-            logits = logits.masked_fill(logits < kth_best, float("-inf"))
+        if eos_id is not None and not 0 <= eos_id < vocab_size:
+            raise ValueError(f"eos_id must be an id below {vocab_size}, got {eos_id}")
+        nonfinite |= logits.isnan().any()  # read once, at the end: no sync per token
+        if top_k is not None:  # keep exactly k logits, even when some are tied
+            best = torch.topk(logits, top_k, dim=-1)  # (B, top_k)
+            logits = torch.full_like(logits, float("-inf")).scatter(
+                -1, best.indices, best.values
+            )
         if temperature == 0:
             next_id = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
         else:
-            probas = torch.softmax(logits / temperature, dim=-1)
+            # Shifting by the largest logit first keeps a tiny temperature from
+            # overflowing to inf; softmax does not change under the shift.
+            shifted = logits - logits.max(dim=-1, keepdim=True).values
+            probas = torch.softmax(shifted / temperature, dim=-1)
             next_id = torch.multinomial(probas, 1, generator=generator)  # (B, 1)
         if eos_id is not None:
             next_id = next_id.masked_fill(finished.unsqueeze(1), eos_id)
@@ -82,4 +101,7 @@ def generate(
         idx = torch.cat([idx, next_id], dim=1)  # (B, T + 1)
         if eos_id is not None and finished.all():
             break
+    if nonfinite:
+        raise FloatingPointError("the model produced NaN logits, so the generated "
+                                 "tokens mean nothing; check the weights")
     return idx
