@@ -1,6 +1,7 @@
 """llmbook.model and generate_text_simple: parts against torch.nn, sizes, causality."""
 
 import dataclasses
+import re
 
 import pytest
 import torch
@@ -198,3 +199,20 @@ def test_generate_edge_cases():
         generate_text_simple(model, torch.zeros(1, 0, dtype=torch.long), 3, 64)
     with pytest.raises(ValueError, match="max_new_tokens must be >= 0"):
         generate_text_simple(model, idx, -1, 64)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("qkv_bias", "False", "qkv_bias must be True or False, got 'False'"),
+        ("tie_weights", 1, "tie_weights must be True or False, got 1"),
+        ("emb_dim", 32.0, "emb_dim must be an int, got 32.0"),
+        ("n_layers", "2", "n_layers must be an int, got '2'"),
+        ("context_length", None, "context_length must be an int, got None"),
+        ("n_heads", True, "n_heads must be an int, got True"),
+        ("drop_rate", "0.1", "drop_rate must be a number, got '0.1'"),
+    ],
+)
+def test_config_refuses_values_of_the_wrong_type(field, value, message):
+    with pytest.raises(TypeError, match=re.escape(message)):
+        GPTConfig.preset("debug", **{field: value})

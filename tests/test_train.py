@@ -313,3 +313,41 @@ def test_a_flipped_bit_in_a_checkpoint_is_caught(tmp_path, text):
     with pytest.raises(ValueError, match="model.safetensors is missing or does not "
                                          "match its recorded checksum"):
         small_run(text, tmp_path, resume=True, max_steps=6)
+
+
+@pytest.mark.parametrize("num_batches", [0, -1])
+def test_loss_loader_refuses_batch_counts_below_one(text, num_batches):
+    _, val = loaders(text)
+    with pytest.raises(ValueError, match="num_batches must be positive"):
+        calc_loss_loader(val, GPTModel(CFG), "cpu", num_batches)
+
+
+def test_weights_of_another_architecture_with_the_same_shapes_are_refused(tmp_path):
+    save_model(GPTModel(CFG), tmp_path / "m.safetensors")  # n_heads=2
+    other = GPTModel(dataclasses.replace(CFG, n_heads=4, drop_rate=0.3))
+    with pytest.raises(ValueError, match="n_heads=2 in the file, 4 in the model"):
+        load_weights(other, tmp_path / "m.safetensors")
+    same = GPTModel(dataclasses.replace(CFG, drop_rate=0.0))  # dropout may differ
+    load_weights(same, tmp_path / "m.safetensors")
+
+
+def test_resuming_with_other_batches_or_data_is_refused(tmp_path, text):
+    small_run(text, tmp_path, max_steps=4)
+
+    def resume_with(train_loader):
+        torch.manual_seed(0)
+        model = GPTModel(CFG)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        settings = TrainingConfig(num_epochs=1, checkpoint_dir=tmp_path,
+                                  checkpoint_every=2, progress=False)
+        train_model(model, train_loader, loaders(text)[1], optimizer, "cpu",
+                    settings, resume=True)
+
+    bigger = create_dataloader(text[:3000], 8, 16, 16, seed=7)
+    with pytest.raises(ValueError, match="trained on other data or batches.*"
+                                         "'batch_size': 4.*'batch_size': 8"):
+        resume_with(bigger)
+    other_text = create_dataloader(text[3000:6000], 4, 16, 16, seed=7)
+    with pytest.raises(ValueError, match="other data"):
+        resume_with(other_text)
+    resume_with(loaders(text)[0])  # the same data resumes

@@ -26,8 +26,18 @@ class GPTConfig:
 
     def __post_init__(self):
         for name in ["vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"]:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an int, got {value!r}")
+            if value < 1:
+                raise ValueError(f"{name} must be positive, got {value}")
+        for name in ["qkv_bias", "tie_weights"]:
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got "
+                                f"{getattr(self, name)!r}")
+        rate = self.drop_rate
+        if not isinstance(rate, int | float) or isinstance(rate, bool):
+            raise TypeError(f"drop_rate must be a number, got {rate!r}")
         if self.emb_dim % self.n_heads:
             raise ValueError(
                 f"emb_dim={self.emb_dim} must be divisible by n_heads={self.n_heads}"

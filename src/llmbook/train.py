@@ -27,6 +27,8 @@ def calc_loss_loader(
     """
     if len(data_loader) == 0:
         raise ValueError("the data loader has no batches to evaluate")
+    if num_batches is not None and num_batches < 1:
+        raise ValueError(f"num_batches must be positive or None, got {num_batches}")
     if num_batches is None or num_batches > len(data_loader):
         num_batches = len(data_loader)
     total = 0.0
@@ -37,6 +39,7 @@ def calc_loss_loader(
     return total / num_batches
 
 
+import hashlib
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -99,6 +102,20 @@ def evaluate(model, train_loader, val_loader, device, eval_iter, loss_fn=None):
     return train_loss, val_loss
 
 
+def describe_data(loader) -> dict:
+    """What a resumed run must find again: the batches and a digest of the data."""
+    dataset, digest = loader.dataset, hashlib.sha256()
+    for index in sorted({0, len(dataset) // 2, len(dataset) - 1}):
+        sample = dataset[index]
+        for part in sample if isinstance(sample, tuple | list) else [sample]:
+            if isinstance(part, torch.Tensor):
+                digest.update(part.cpu().numpy().tobytes())
+            else:
+                digest.update(repr(part).encode())
+    return {"batch_size": loader.batch_size, "batches": len(loader),
+            "samples": len(dataset), "sha256": digest.hexdigest()[:16]}
+
+
 def _rng_states(loader) -> dict:
     """Everything random in a training step: PyTorch's generators and the loader's."""
     states = {"torch": torch.get_rng_state()}
@@ -155,6 +172,12 @@ def train_model(
             remove_checkpoints(config.checkpoint_dir)
         elif earlier is not None:
             resumed = load_checkpoint(config.checkpoint_dir, model, optimizer)
+            if resumed["data"] != describe_data(train_loader):
+                raise ValueError(
+                    f"{earlier} was trained on other data or batches (saved: "
+                    f"{resumed['data']}; now: {describe_data(train_loader)}); resume "
+                    "with the same data and batch size, or start afresh"
+                )
             step, epoch = resumed["step"], resumed["epoch"]
             batch_in_epoch, tokens = resumed["batch_in_epoch"], resumed["tokens_seen"]
             history = TrainingHistory(**resumed["history"])
@@ -206,6 +229,7 @@ def train_model(
                     "batch_in_epoch": batch_in_epoch,
                     "tokens_seen": tokens,
                     "history": vars(history),
+                    "data": describe_data(train_loader),
                 }
                 rng = {"epoch_rng": epoch_rng, "rng": _rng_states(train_loader)}
                 save_checkpoint(config.checkpoint_dir, model, optimizer, state, rng,
@@ -286,6 +310,13 @@ def load_weights(model, path: str | os.PathLike) -> None:
             for k, shape in expected.items()
             if k in found and tuple(found[k]) != tuple(shape)
         ]
+        saved = json.loads((f.metadata() or {}).get("config", "{}"))
+        if not problems:  # same shapes, yet maybe another architecture
+            problems = [
+                f"{key}={saved[key]!r} in the file, {value!r} in the model"
+                for key, value in vars(model.cfg).items()
+                if key in saved and key != "drop_rate" and saved[key] != value
+            ]
         if problems:
             raise ValueError(
                 f"{path} does not fit this model ({len(problems)} problems):\n  "
