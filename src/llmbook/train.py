@@ -343,7 +343,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     return model.to(device)
 
 
-import hashlib
 import json
 import os
 import shutil
@@ -351,6 +350,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+from llmbook.data import file_sha256
 
 
 def _step_of(folder: Path) -> int:
@@ -363,14 +364,6 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     if not pointer.is_file():
         return None
     return Path(directory) / pointer.read_text(encoding="utf-8").strip()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -410,7 +403,7 @@ def save_checkpoint(directory, model, optimizer, state: dict, rng: dict | None =
         torch.save(rng or {}, tmp / "rng.pt")
         (tmp / "state.json").write_text(state_json, encoding="utf-8")
         files = ["model.safetensors", "optimizer.pt", "rng.pt", "state.json"]
-        sums = {file: _sha256(tmp / file) for file in files}
+        sums = {file: file_sha256(tmp / file) for file in files}
         (tmp / "checksums.json").write_text(json.dumps(sums), encoding="utf-8")
         for file in [*files, "checksums.json"]:
             _fsync(tmp / file)
@@ -451,7 +444,7 @@ def load_checkpoint(directory, model, optimizer) -> dict:
         raise FileNotFoundError(f"no checkpoint in {directory}")
     sums = json.loads((folder / "checksums.json").read_text(encoding="utf-8"))
     for file, expected in sums.items():
-        if not (folder / file).is_file() or _sha256(folder / file) != expected:
+        if not (folder / file).is_file() or file_sha256(folder / file) != expected:
             raise ValueError(
                 f"{folder / file} is missing or does not match its recorded checksum:"
                 " the checkpoint is corrupt. Delete the folder and point `latest` at "
