@@ -156,3 +156,17 @@ def test_bad_inputs_are_clear_errors(make):
         attention(torch.randn(5, 4))
     with pytest.raises(ValueError, match="expected 4 input features, got 3"):
         attention(torch.randn(1, 5, 3))
+
+
+@pytest.mark.parametrize("cls", [CausalAttention, MultiHeadAttention])
+def test_an_input_of_another_dtype_is_named(cls):
+    kwargs = dict(d_in=4, d_out=4, context_length=8, dropout=0.0)
+    if cls is MultiHeadAttention:
+        kwargs["num_heads"] = 2
+    module = cls(**kwargs)
+    with pytest.raises(TypeError, match="torch.float64 input, but its weights are"):
+        module(torch.rand(1, 3, 4, dtype=torch.float64))
+    with pytest.raises(TypeError, match="torch.int64 input"):
+        module(torch.ones(1, 3, 4, dtype=torch.long))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed types are autocast's job
+        assert module(torch.rand(1, 3, 4).bfloat16()).shape == (1, 3, 4)

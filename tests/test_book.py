@@ -116,7 +116,7 @@ def test_hook_titles_tangled_blocks_outputs_and_gpu_cells():
 
 
 def test_hook_keeps_indentation_inside_admonitions():
-    markdown = '!!! note\n\n    <!--tangle: src/llmbook/x.py-->\n    ```python\n'
+    markdown = "!!! note\n\n    <!--tangle: src/llmbook/x.py-->\n    ```python\n"
     out = mkdocs_hooks.on_page_markdown(markdown)
     assert '\n    ```python title="src/llmbook/x.py"\n' in out
 

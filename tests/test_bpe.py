@@ -187,8 +187,75 @@ def test_unknown_allowed_specials_are_ignored_as_in_tiktoken(gpt2, reference):
 def test_ranks_must_contain_every_byte():
     with pytest.raises(ValueError, match="lacks 1 of the 256 single-byte tokens"):
         BPETokenizer({bytes([b]): b for b in range(255)})
-    with pytest.raises(ValueError, match="ids must be unique"):
+    with pytest.raises(ValueError, match="ids of their own"):
         BPETokenizer(None, {EOT: 3})
+
+
+BYTES = {bytes([b]): b for b in range(256)}
+
+
+def test_train_refuses_a_string_for_special_tokens():
+    with pytest.raises(TypeError, match=r"special_tokens=\['<\|endoftext\|>'\]"):
+        BPETokenizer().train("some text", 300, special_tokens=EOT)
+
+
+def test_train_refuses_an_empty_special_token():
+    with pytest.raises(ValueError, match="empty string"):
+        BPETokenizer().train("some text", 300, special_tokens=[""])
+
+
+@pytest.mark.parametrize("size", [300.7, "300", True, None])
+def test_train_refuses_a_vocab_size_that_is_not_an_int(size):
+    with pytest.raises(TypeError, match="vocab_size must be an int"):
+        BPETokenizer().train("some text", size)
+
+
+@pytest.mark.parametrize(
+    "ranks, specials, message",
+    [
+        (BYTES | {b"ab": 300}, {}, "ids 0 to 256"),  # a gap
+        (BYTES | {b"ab": -1}, {}, "ids 0 to 256"),  # negative
+        (BYTES | {b"ab": 255}, {}, "ids 0 to 256"),  # repeated
+        (BYTES | {b"ab": 256}, {EOT: 500, "<|x|>": 500}, "ids of their own"),
+        (BYTES | {b"ab": 256}, {EOT: 256}, "ids of their own"),
+        (
+            BYTES | {b"bc": 256, b"ab": 257, b"cd": 258, b"abcd": 259},
+            {},
+            "can never be produced",
+        ),  # 'abcd' is bc first, then stuck
+    ],
+)
+def test_vocabularies_tiktoken_reads_otherwise_are_refused(ranks, specials, message):
+    with pytest.raises(ValueError, match=message):
+        BPETokenizer(ranks, specials)
+
+
+def test_ids_must_be_ints():
+    with pytest.raises(TypeError, match="int ids"):
+        BPETokenizer(BYTES | {b"ab": "256"})
+    with pytest.raises(TypeError, match="int ids"):
+        BPETokenizer(BYTES, {EOT: 256.0})
+
+
+def test_vocab_size_covers_the_largest_id_like_tiktoken():
+    tokenizer = BPETokenizer(BYTES | {b"ab": 256}, {EOT: 300})  # specials may skip
+    assert tokenizer.vocab_size == 301 == tokenizer.to_tiktoken().n_vocab
+
+
+def test_what_is_accepted_agrees_with_tiktoken(reference):
+    ours = BPETokenizer().train("abab cdcd abcd " * 30, vocab_size=270)
+    text = "abcd dcba abab cd"
+    assert ours.encode(text) == ours.to_tiktoken().encode(text)
+
+
+def test_a_saved_file_with_string_ids_is_refused(tmp_path):
+    path = tmp_path / "tok.json"
+    BPETokenizer().train("a rose is a rose", vocab_size=260).save(path)
+    data = json.loads(path.read_text())
+    data["ranks"] = [[token, str(rank)] for token, rank in data["ranks"]]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="not a valid BPETokenizer file"):
+        BPETokenizer.load(path)
 
 
 def test_from_tiktoken_round_trips_an_encoding(reference):

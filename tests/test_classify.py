@@ -85,12 +85,25 @@ def test_special_token_text_is_not_padding():
         (["fine"], [-1], {}, "outside range"),
         (["a", "b", "c"], [0, 1, 2], {"num_classes": 2}, "outside range"),
         (["fine"], [0, 1], {}, "1 texts but 2 labels"),
-        (["fine"], [0], {"max_length": 0}, "max_length must be positive"),
+        (["fine"], [0], {"max_length": 0}, "max_length must be a positive integer"),
     ],
 )
 def test_dataset_refuses_bad_input(texts, labels, kwargs, message):
     with pytest.raises(ValueError, match=message):
         ClassificationDataset(texts, labels, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "labels, kwargs, message",
+    [
+        ([0.7], {}, "labels must be integers"),  # int() would make it 0
+        (["1"], {}, "labels must be integers"),
+        ([0], {"max_length": 4.5}, "max_length must be a positive integer, got 4.5"),
+    ],
+)
+def test_dataset_refuses_values_of_the_wrong_type(labels, kwargs, message):
+    with pytest.raises(TypeError, match=message):
+        ClassificationDataset(["fine"], labels, **kwargs)
 
 
 def test_loaders_pad_every_split_like_training(splits):
@@ -113,8 +126,12 @@ def test_head_shape_and_exactly_the_right_parameters_trainable(blocks):
     assert model.out_head.bias.shape == (3,)
     assert model(torch.tensor([[1, 2, 3]])).shape == (1, 3, 3)
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    expected = {"out_head.weight", "out_head.bias", "final_norm.scale",
-                "final_norm.shift"}
+    expected = {
+        "out_head.weight",
+        "out_head.bias",
+        "final_norm.scale",
+        "final_norm.shift",
+    }
     for layer in range(CFG.n_layers - blocks, CFG.n_layers):
         expected |= {
             f"trf_blocks.{layer}.{name}"
@@ -153,9 +170,9 @@ def test_padding_never_changes_the_last_real_tokens_output():
         padded[i, : len(row)] = row
     with torch.no_grad():
         batch = torch.softmax(classification_logits(model, padded), -1)
-        alone = torch.cat([
-            torch.softmax(classification_logits(model, row[None]), -1) for row in rows
-        ])
+        alone = torch.cat(
+            [torch.softmax(classification_logits(model, row[None]), -1) for row in rows]
+        )
         final = torch.softmax(model(padded)[:, -1], -1)
     torch.testing.assert_close(batch, alone, atol=1e-6, rtol=0)
     assert (final - alone).abs().max() > 1e-3  # the final position reads padding
@@ -184,14 +201,16 @@ def test_loss_is_cross_entropy_at_the_last_real_token():
     with pytest.raises(ValueError, match=r"labels must be in range\(2\)"):
         calc_classification_loss(inputs, torch.tensor([1, 2]), model, "cpu")
     with pytest.raises(ValueError, match="exceed the model's context of 32"):
-        calc_classification_loss(torch.ones(1, 33, dtype=torch.long),
-                                 torch.tensor([0]), model, "cpu")
+        calc_classification_loss(
+            torch.ones(1, 33, dtype=torch.long), torch.tensor([0]), model, "cpu"
+        )
 
 
 def test_accuracy_counts_right_answers_and_restores_the_mode():
     model = classifier().train()
-    data = ClassificationDataset(["one", "two words", "three more words"] * 3,
-                                 [0, 1, 1] * 3)
+    data = ClassificationDataset(
+        ["one", "two words", "three more words"] * 3, [0, 1, 1] * 3
+    )
     loader = torch.utils.data.DataLoader(data, batch_size=4)
     with torch.no_grad():
         model.eval()
@@ -207,11 +226,17 @@ def test_accuracy_counts_right_answers_and_restores_the_mode():
 
 
 def test_train_model_learns_a_toy_task_through_loss_fn():
-    texts = ["free prize call now", "win cash txt now", "see you at home",
-             "ok see you later"] * 8
+    texts = [
+        "free prize call now",
+        "win cash txt now",
+        "see you at home",
+        "ok see you later",
+    ] * 8
     labels = [1, 1, 0, 0] * 8
     loaders = create_classification_loaders(
-        list(zip(texts, labels, strict=True)), [("win a prize", 1)], [("home", 0)],
+        list(zip(texts, labels, strict=True)),
+        [("win a prize", 1)],
+        [("home", 0)],
         batch_size=4,
     )
     model = classifier(trainable_blocks=2)
@@ -219,12 +244,19 @@ def test_train_model_learns_a_toy_task_through_loss_fn():
         [p for p in model.parameters() if p.requires_grad], lr=3e-3
     )
     before = calc_accuracy_loader(loaders[0], model, "cpu")
-    loss_before = calc_loss_loader(loaders[0], model, "cpu",
-                                   loss_fn=calc_classification_loss)
-    history = train_model(model, loaders[0], loaders[1], optimizer, "cpu",
-                          TrainingConfig(num_epochs=6, eval_freq=4, progress=False),
-                          sample=lambda m: calc_accuracy_loader(loaders[0], m, "cpu"),
-                          loss_fn=calc_classification_loss)
+    loss_before = calc_loss_loader(
+        loaders[0], model, "cpu", loss_fn=calc_classification_loss
+    )
+    history = train_model(
+        model,
+        loaders[0],
+        loaders[1],
+        optimizer,
+        "cpu",
+        TrainingConfig(num_epochs=6, eval_freq=4, progress=False),
+        sample=lambda m: calc_accuracy_loader(loaders[0], m, "cpu"),
+        loss_fn=calc_classification_loss,
+    )
     assert history.train_losses[-1] < loss_before - 0.3
     assert history.samples[-1] == 1.0 > before
     assert len(history.samples) == 6
@@ -232,25 +264,40 @@ def test_train_model_learns_a_toy_task_through_loss_fn():
 
 def test_classifier_checkpoints_resume_exactly(tmp_path, splits):
     def run(folder, max_steps=None, resume=False):
-        loaders = create_classification_loaders(splits[0][:64], splits[1][:8],
-                                                splits[2][:8], batch_size=8,
-                                                max_length=32)
+        loaders = create_classification_loaders(
+            splits[0][:64], splits[1][:8], splits[2][:8], batch_size=8, max_length=32
+        )
         model = classifier(seed=3)
         optimizer = torch.optim.AdamW(
             [p for p in model.parameters() if p.requires_grad], lr=1e-3
         )
-        settings = TrainingConfig(num_epochs=2, eval_freq=3, eval_iter=1,
-                                  checkpoint_dir=folder, checkpoint_every=2,
-                                  max_steps=max_steps, progress=False)
-        train_model(model, loaders[0], loaders[1], optimizer, "cpu", settings,
-                    resume=resume, loss_fn=calc_classification_loss)
+        settings = TrainingConfig(
+            num_epochs=2,
+            eval_freq=3,
+            eval_iter=1,
+            checkpoint_dir=folder,
+            checkpoint_every=2,
+            max_steps=max_steps,
+            progress=False,
+        )
+        train_model(
+            model,
+            loaders[0],
+            loaders[1],
+            optimizer,
+            "cpu",
+            settings,
+            resume=resume,
+            loss_fn=calc_classification_loss,
+        )
         return model
 
     straight = run(tmp_path / "a")
     run(tmp_path / "b", max_steps=5)
     resumed = run(tmp_path / "b", resume=True)
-    for (name, p), q in zip(straight.state_dict().items(),
-                            resumed.state_dict().values(), strict=True):
+    for (name, p), q in zip(
+        straight.state_dict().items(), resumed.state_dict().values(), strict=True
+    ):
         assert torch.equal(p, q), name
 
 
@@ -285,8 +332,11 @@ def test_save_and_load_a_classifier(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(ids), loaded(ids))
     assert loaded.out_head.out_features == 3 and not loaded.training
-    with pytest.raises(ValueError, match="holds a classifier with 3 classes: load it "
-                                         "with llmbook.classify.load_classifier"):
+    with pytest.raises(
+        ValueError,
+        match="holds a classifier with 3 classes: load it "
+        "with llmbook.classify.load_classifier",
+    ):
         load_model(tmp_path / "c.safetensors")
     save_model(GPTModel(CFG), tmp_path / "lm.safetensors")
     with pytest.raises(ValueError, match="holds no classifier"):

@@ -133,6 +133,63 @@ def test_interrupted_write_leaves_nothing_behind(isolated, monkeypatch):
     assert leftovers(isolated / "cache") == []
 
 
+def test_offline_with_a_corrupt_cached_copy_says_it_is_corrupt(isolated):
+    cache = isolated / "cache"
+    cache.mkdir()
+    (cache / "tiny.txt").write_bytes(b"half a fi")
+    (isolated / "origin" / "tiny.txt").unlink()
+    with pytest.raises(DataFileError, match="cached copy .*tiny.txt.* is corrupt"):
+        data_file("tiny.txt")
+
+
+def test_atomic_write_replaces_whole_files_and_cleans_up(tmp_path):
+    target = tmp_path / "out.bin"
+    data.atomic_write(target, lambda tmp: tmp.write_bytes(b"first"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0o600
+    with pytest.raises(RuntimeError, match="disk full"):
+
+        def fail(tmp):
+            tmp.write_bytes(b"half")
+            raise RuntimeError("disk full")
+
+        data.atomic_write(target, fail)
+    assert target.read_bytes() == b"first"  # the old file is intact
+    assert leftovers(tmp_path) == ["out.bin"]  # and no temporary file is left
+
+
+def test_atomic_write_names_the_problem_with_a_path(tmp_path, monkeypatch):
+    def write(tmp):
+        tmp.write_bytes(b"x")
+
+    with pytest.raises(IsADirectoryError, match="it is a folder"):
+        data.atomic_write(tmp_path, write)
+    with pytest.raises(FileNotFoundError, match="the folder .*nowhere does not exist"):
+        data.atomic_write(tmp_path / "nowhere" / "f.bin", write)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(data.os, "open", refuse)
+    with pytest.raises(PermissionError, match="no permission to create files in"):
+        data.atomic_write(tmp_path / "f.bin", write)
+
+
+@pytest.mark.skipif(
+    os.name != "posix" or os.geteuid() == 0, reason="root writes anywhere"
+)
+def test_atomic_write_in_a_read_only_folder(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(PermissionError, match="no permission"):
+            data.atomic_write(folder / "f.bin", lambda tmp: tmp.write_bytes(b"x"))
+    finally:
+        folder.chmod(0o700)
+
+
 def test_member_of_a_zip_archive(isolated, monkeypatch):
     archive = isolated / "origin" / "bundle.zip"
     buffer = io.BytesIO()
@@ -221,7 +278,7 @@ def test_text_too_short_states_the_token_count():
 
 @pytest.mark.parametrize("max_length, stride", [(0, 1), (4, 0), (-1, 2), (3, -3)])
 def test_non_positive_sizes_are_errors(max_length, stride):
-    with pytest.raises(ValueError, match="must be positive"):
+    with pytest.raises(ValueError, match="must be a positive integer"):
         GPTDataset("abcdefgh", max_length, stride, tokenizer=CHARS)
 
 
@@ -247,7 +304,7 @@ def test_a_split_too_small_for_one_batch_is_an_error():
         "abcdefg", 3, max_length=3, stride=2, drop_last=False, tokenizer=CHARS
     )
     assert len(loader) == 1
-    with pytest.raises(ValueError, match="batch_size must be positive"):
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         create_dataloader("abcdefg", 0, max_length=3, stride=2, tokenizer=CHARS)
 
 
@@ -276,3 +333,36 @@ def test_check_token_ids_names_the_offender():
         check_token_ids(torch.tensor([0, 5, 7]), vocab_size=5)
     with pytest.raises(ValueError, match=r"token id -1 at index \(0, 1\)"):
         check_token_ids(torch.tensor([[3, -1]]), vocab_size=5)
+
+
+@pytest.mark.parametrize("size", [4.5, 4.0, "4", True, None])
+def test_sizes_that_are_not_integers_are_named(size):
+    with pytest.raises(
+        TypeError, match=f"max_length must be a positive integer, got {size!r}"
+    ):
+        GPTDataset("abcdefgh", size, 1, tokenizer=CHARS)
+    with pytest.raises(
+        TypeError, match=f"stride must be a positive integer, got {size!r}"
+    ):
+        GPTDataset("abcdefgh", 2, size, tokenizer=CHARS)
+    with pytest.raises(TypeError, match="batch_size must be a positive integer"):
+        create_dataloader("abcdefgh", batch_size=size, max_length=2, tokenizer=CHARS)
+
+
+def test_numpy_integers_are_sizes_too():
+    np = pytest.importorskip("numpy")
+    dataset = GPTDataset("abcdefgh", np.int64(3), np.int32(2), tokenizer=CHARS)
+    assert len(dataset) == 3
+
+
+def test_loader_takes_the_word_tokenizer_of_chapter_2():
+    from llmbook.tokenizer import END_OF_TEXT, UNKNOWN, SimpleTokenizerV2, build_vocab
+
+    text = "the cat sat. <|endoftext|> the dog sat."
+    tokenizer = SimpleTokenizerV2(build_vocab(text, [END_OF_TEXT, UNKNOWN]))
+    loader = create_dataloader(
+        text, batch_size=2, max_length=3, stride=3, shuffle=False, tokenizer=tokenizer
+    )
+    x, y = next(iter(loader))
+    assert tokenizer.decode(x[0].tolist()) == "the cat sat"
+    assert tokenizer.decode(x[1].tolist()) == ". <|endoftext|> the"

@@ -107,7 +107,7 @@ def test_context_sizes_the_model_cannot_take_are_refused(model, context_size):
 
 
 def test_ids_must_be_integers_and_eos_inside_the_vocabulary(model):
-    with pytest.raises(ValueError, match="token ids must be integers.*float32"):
+    with pytest.raises(TypeError, match="token ids must be integers.*float32"):
         generate(model, torch.tensor([[1.0, 2.0]]), 3, 64)
     with pytest.raises(ValueError, match="eos_id must be an id below 50257, got 50257"):
         generate(model, torch.tensor([[1, 2]]), 3, 64, eos_id=50257)
@@ -123,8 +123,15 @@ def test_nan_logits_are_an_error_not_a_stream_of_zeros():
 def test_top_k_keeps_exactly_k_tokens_even_when_tied():
     tied = Fixed([1.0] * 10)
     generator = torch.Generator().manual_seed(0)
-    out = generate(tied, torch.zeros(200, 1, dtype=torch.long), 1, 8,
-                   temperature=1.0, top_k=2, generator=generator)
+    out = generate(
+        tied,
+        torch.zeros(200, 1, dtype=torch.long),
+        1,
+        8,
+        temperature=1.0,
+        top_k=2,
+        generator=generator,
+    )
     assert len(set(out[:, 1].tolist())) == 2
 
 
@@ -135,6 +142,42 @@ def test_temperatures_that_mean_nothing_are_refused(temperature):
 
 
 def test_a_tiny_temperature_is_greedy_not_an_error():
-    out = generate(Counter(), torch.tensor([[1]]), 5, 8, temperature=1e-38,
-                   generator=torch.Generator().manual_seed(0))
+    out = generate(
+        Counter(),
+        torch.tensor([[1]]),
+        5,
+        8,
+        temperature=1e-38,
+        generator=torch.Generator().manual_seed(0),
+    )
     assert out.tolist() == [[1, 2, 3, 4, 5, 6]]
+
+
+@pytest.mark.parametrize("bad", [50257, -1])
+def test_prompt_ids_outside_the_vocabulary_are_named(model, bad):
+    with pytest.raises(ValueError, match=f"token id {bad} at index \\(0, 1\\)"):
+        generate(model, torch.tensor([[1, bad]]), 3, 64)
+    with pytest.raises(ValueError, match=f"token id {bad}"):
+        generate_text_simple(model, torch.tensor([[1, bad]]), 3, 64)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(max_new_tokens=2.5), "max_new_tokens must be an integer, got 2.5"),
+        (dict(context_size=4.5), "context_size must be an integer, got 4.5"),
+        (dict(context_size=True), "context_size must be an integer, got True"),
+    ],
+)
+def test_budgets_that_are_not_integers_are_refused(model, kwargs, message):
+    args = dict(max_new_tokens=3, context_size=64) | kwargs
+    with pytest.raises(TypeError, match=message):
+        generate(model, torch.tensor([[1, 2]]), **args)
+
+
+@pytest.mark.parametrize(
+    "ids", [torch.tensor([[True, False]]), torch.tensor([[1, 2]], dtype=torch.int8)]
+)
+def test_prompts_of_a_type_that_cannot_index_are_refused(model, ids):
+    with pytest.raises(TypeError, match="token ids must be integers"):
+        generate(model, ids, 3, 64)

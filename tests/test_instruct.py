@@ -74,27 +74,37 @@ def test_entries_missing_fields_are_named(entries, message):
 
 def test_collate_matches_the_worked_example():
     inputs, targets = instruction_collate([[0, 1, 2, 3, 4], [5, 6], [7, 8, 9]])
-    assert inputs.tolist() == [[0, 1, 2, 3, 4], [5, 6, 50256, 50256, 50256],
-                               [7, 8, 9, 50256, 50256]]
-    assert targets.tolist() == [[1, 2, 3, 4, 50256], [6, 50256, -100, -100, -100],
-                                [8, 9, 50256, -100, -100]]
+    assert inputs.tolist() == [
+        [0, 1, 2, 3, 4],
+        [5, 6, 50256, 50256, 50256],
+        [7, 8, 9, 50256, 50256],
+    ]
+    assert targets.tolist() == [
+        [1, 2, 3, 4, 50256],
+        [6, 50256, -100, -100, -100],
+        [8, 9, 50256, -100, -100],
+    ]
 
 
 def test_collate_masks_prompts_and_cuts_to_the_allowed_length():
     batch = [([10, 11, 12, 13, 14], 3), ([20, 21, 22], 2)]
     inputs, targets = instruction_collate(batch, mask_prompt=True)
-    assert targets.tolist() == [[-100, -100, 13, 14, 50256],
-                                [-100, 22, 50256, -100, -100]]
+    assert targets.tolist() == [
+        [-100, -100, 13, 14, 50256],
+        [-100, 22, 50256, -100, -100],
+    ]
     inputs, targets = instruction_collate(batch, allowed_max_length=4)
     assert inputs.shape == targets.shape == (2, 4)
     assert inputs[0].tolist() == [10, 11, 12, 13]
     _, ignored = instruction_collate([[1, 2]], ignore_index=-1, pad_token_id=0)
     assert ignored.tolist() == [[2, 0]]
-    with pytest.raises(ValueError, match="item 0: its prompt has 3 tokens.*"
-                                         "allowed_max_length=2"):
+    with pytest.raises(
+        ValueError, match="item 0: its prompt has 3 tokens.*allowed_max_length=2"
+    ):
         instruction_collate(batch, allowed_max_length=2)
-    _, exact = instruction_collate([([1, 2, 3, 4], 3)], allowed_max_length=3,
-                                   mask_prompt=True)
+    _, exact = instruction_collate(
+        [([1, 2, 3, 4], 3)], allowed_max_length=3, mask_prompt=True
+    )
     assert exact.tolist() == [[-100, -100, 4]]  # the first response token stays
     with pytest.raises(ValueError, match="mask_prompt needs"):
         instruction_collate([[1, 2, 3]], mask_prompt=True)
@@ -124,14 +134,20 @@ def tiny_model(seed=0):
 
 def test_finetuning_on_entries_lowers_the_validation_loss():
     train, val, _ = load_instruction_splits()
-    train_loader, val_loader = create_instruction_loaders(train[:48], val[:8],
-                                                          batch_size=8)
+    train_loader, val_loader = create_instruction_loaders(
+        train[:48], val[:8], batch_size=8
+    )
     assert len(train_loader) == 6
     model = tiny_model()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    history = train_model(model, train_loader, val_loader, optimizer, "cpu",
-                          TrainingConfig(num_epochs=3, eval_freq=3, eval_iter=None,
-                                         progress=False))
+    history = train_model(
+        model,
+        train_loader,
+        val_loader,
+        optimizer,
+        "cpu",
+        TrainingConfig(num_epochs=3, eval_freq=3, eval_iter=None, progress=False),
+    )
     assert history.val_losses[-1] < history.val_losses[0] - 1.0
 
 
@@ -142,8 +158,9 @@ def test_responses_stop_at_end_of_text_and_are_extracted():
     with pytest.raises(ValueError, match="does not start with the prompt"):
         extract_response("something else", prompt)
     model = tiny_model().train()
-    answered = generate_responses(model, [ENTRY, {**ENTRY, "input": ""}],
-                                  max_new_tokens=5)
+    answered = generate_responses(
+        model, [ENTRY, {**ENTRY, "input": ""}], max_new_tokens=5
+    )
     assert model.training  # the mode is restored
     assert [set(e) for e in answered] == [{*ENTRY, "model_response"}] * 2
     assert all("<|endoftext|>" not in e["model_response"] for e in answered)
@@ -178,8 +195,17 @@ def test_rouge_l_is_one_for_a_copy_and_lower_for_less():
 
 @pytest.mark.parametrize(
     "answer, score",
-    [("85", 85), ("Score: 72/100", 72), ("I'd give it 90.", 90), ("100", 100),
-     ("good", None), ("1000", None), ("7.5 out of 10", 10), ("-", None), ("0", 0)],
+    [
+        ("85", 85),
+        ("Score: 72/100", 72),
+        ("I'd give it 90.", 90),
+        ("100", 100),
+        ("good", None),
+        ("1000", None),
+        ("7.5 out of 10", 10),
+        ("-", None),
+        ("0", 0),
+    ],
 )
 def test_parse_score(answer, score):
     assert parse_score(answer) == score
@@ -196,11 +222,18 @@ class JudgeServer(http.server.BaseHTTPRequestHandler):
         JudgeServer.requests.append((self.path, body))
         text = JudgeServer.answers[(len(JudgeServer.requests) - 1) % len(self.answers)]
         if self.path == "/api/chat":
-            reply = {"model": body["model"], "done": True,
-                     "message": {"role": "assistant", "content": text}}
+            reply = {
+                "model": body["model"],
+                "done": True,
+                "message": {"role": "assistant", "content": text},
+            }
         elif self.path == "/v1/chat/completions":
-            reply = {"object": "chat.completion", "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": text}}]}
+            reply = {
+                "object": "chat.completion",
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": text}}
+                ],
+            }
         else:
             self.send_error(404)
             return
@@ -229,8 +262,9 @@ def judge():
 ANSWERED = [{**ENTRY, "model_response": r} for r in ["5", "six", "5.0"]]
 
 
-@pytest.mark.parametrize("api, path", [("ollama", "/api/chat"),
-                                       ("openai", "/v1/chat/completions")])
+@pytest.mark.parametrize(
+    "api, path", [("ollama", "/api/chat"), ("openai", "/v1/chat/completions")]
+)
 def test_score_responses_over_http(judge, api, path):
     JudgeServer.answers = ["90", "Score: 10/100", "I cannot tell."]
     result = score_responses(ANSWERED, url=judge, model="judge-model", api=api)
@@ -258,8 +292,11 @@ def test_a_judge_without_numbers_gives_no_mean(judge):
 
 
 def test_a_judge_that_does_not_answer_is_named(judge):
-    with pytest.raises(ConnectionError, match=r"no judge answers at "
-                                              r"http://127.0.0.1:9 .*ollama serve"):
+    with pytest.raises(
+        ConnectionError,
+        match=r"no judge answers at "
+        r"http://127.0.0.1:9 .*ollama serve",
+    ):
         score_responses(ANSWERED, url="http://127.0.0.1:9", model="m")
     with pytest.raises(ConnectionError, match="OpenAI-compatible server"):
         score_responses(ANSWERED, url="http://127.0.0.1:9", model="m", api="openai")

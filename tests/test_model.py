@@ -163,8 +163,12 @@ def test_model_input_errors():
     model = small_model()
     with pytest.raises(ValueError, match="65 tokens exceed the context length 64"):
         model(torch.zeros(1, 65, dtype=torch.long))
-    with pytest.raises(ValueError, match="token id 50257 at index \\(0, 1\\)"):
+    with pytest.raises(
+        ValueError, match="token id 50257 at index \\(0, 1\\) is outside"
+    ):
         model(torch.tensor([[1, 50257]]))
+    with pytest.raises(ValueError, match="token id -2 at index \\(1, 0\\)"):
+        model(torch.tensor([[1, 2], [-2, 3]]))
     with pytest.raises(ValueError, match="shape \\(batch, tokens\\), got \\(3,\\)"):
         model(torch.tensor([1, 2, 3]))
 
@@ -216,3 +220,43 @@ def test_generate_edge_cases():
 def test_config_refuses_values_of_the_wrong_type(field, value, message):
     with pytest.raises(TypeError, match=re.escape(message)):
         GPTConfig.preset("debug", **{field: value})
+
+
+@pytest.mark.parametrize(
+    "ids",
+    [
+        torch.tensor([[1.0, 2.0]]),
+        torch.tensor([[float("nan"), 2.0]]),
+        torch.tensor([[True, False]]),
+        torch.tensor([[1, 2]], dtype=torch.int8),
+        torch.tensor([[1, 2]], dtype=torch.uint8),
+    ],
+)
+def test_ids_of_a_type_that_cannot_index_are_refused_by_name(ids):
+    with pytest.raises(TypeError, match=f"token ids must be integers.*{ids.dtype}"):
+        small_model()(ids)
+
+
+def test_int32_ids_work_like_int64():
+    model = small_model().eval()
+    ids = torch.tensor([[5, 6, 7]])
+    assert torch.equal(model(ids.int()), model(ids))
+
+
+def test_forward_reads_no_id_values_so_a_gpu_never_waits(monkeypatch):
+    """The range check lives where ids enter; forward must not call .any()/.item()
+    on the ids (each would force a device-to-host sync on a GPU)."""
+    model = small_model().eval()
+    ids = torch.tensor([[5, 6, 7]])
+    calls = []
+    for name in ("any", "all", "item", "tolist", "nonzero", "__bool__"):
+        original = getattr(torch.Tensor, name)
+
+        def spy(self, *args, _original=original, _name=name, **kwargs):
+            if self.dtype == torch.bool or self.dtype == torch.int64:
+                calls.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    model(ids)
+    assert calls == []

@@ -148,7 +148,7 @@ def test_hand_written_modules_are_left_alone(book):
             "docs/one.md:1: a tangle marker must be directly followed",
         ),
         (
-            "<!--tangle: src/llmbook/x.py-->\n```python title=\"x\"\nX = 1\n```\n",
+            '<!--tangle: src/llmbook/x.py-->\n```python title="x"\nX = 1\n```\n',
             "docs/one.md:1: a tangle marker must be directly followed",
         ),
         ("text\n<!--tangle: src/llmbook/x.py-->\n", "docs/one.md:2: a tangle marker"),

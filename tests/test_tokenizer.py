@@ -107,3 +107,26 @@ def test_gpt2_tokenizer_failure_mentions_the_cache_variable(monkeypatch):
     with pytest.raises(RuntimeError, match="TIKTOKEN_CACHE_DIR") as err:
         gpt2_tokenizer()
     assert "ConnectionError: no network" in str(err.value)
+
+
+@pytest.mark.parametrize("cls", [SimpleTokenizerV1, SimpleTokenizerV2])
+def test_a_vocabulary_with_a_repeated_id_is_refused(cls):
+    vocab = {"a": 0, "b": 1, "c": 1, UNKNOWN: 2}
+    with pytest.raises(ValueError, match="gives id 1 to both 'b' and 'c'"):
+        cls(vocab)
+    with pytest.raises(TypeError, match="must be an int"):
+        cls({"a": 0, "b": "1", UNKNOWN: 2})
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Don't stop.", "it's his; I'm sure we'll see, they've said, they're, he'd"],
+)
+def test_contractions_come_back_whole(text):
+    assert join_pieces(split_text(text)) == text
+    tokenizer = SimpleTokenizerV2(build_vocab(text, [UNKNOWN]))
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+
+
+def test_a_quote_mark_that_is_not_a_contraction_keeps_its_space():
+    assert join_pieces(["the", "dogs", "'", "toys"]) == "the dogs' toys"

@@ -185,18 +185,44 @@ def test_training_config_validation():
         TrainingConfig(num_epochs=0)
 
 
-def small_run(text, directory, resume=False, overwrite=False, max_steps=None,
-              every=2, keep=2, sample=None, loss_fn=None, epochs=1):
+def small_run(
+    text,
+    directory,
+    resume=False,
+    overwrite=False,
+    max_steps=None,
+    every=2,
+    keep=2,
+    sample=None,
+    loss_fn=None,
+    epochs=1,
+):
     torch.manual_seed(0)
     model = GPTModel(CFG)
     train, val = loaders(text)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    settings = TrainingConfig(num_epochs=epochs, eval_freq=100, eval_iter=1,
-                              checkpoint_dir=directory, checkpoint_every=every,
-                              keep_checkpoints=keep, max_steps=max_steps,
-                              overwrite_checkpoints=overwrite, progress=False)
-    history = train_model(model, train, val, optimizer, "cpu", settings,
-                          sample=sample, resume=resume, loss_fn=loss_fn)
+    settings = TrainingConfig(
+        num_epochs=epochs,
+        eval_freq=100,
+        eval_iter=1,
+        checkpoint_dir=directory,
+        checkpoint_every=every,
+        keep_checkpoints=keep,
+        max_steps=max_steps,
+        overwrite_checkpoints=overwrite,
+        progress=False,
+    )
+    history = train_model(
+        model,
+        train,
+        val,
+        optimizer,
+        "cpu",
+        settings,
+        sample=sample,
+        resume=resume,
+        loss_fn=loss_fn,
+    )
     return model, history
 
 
@@ -237,8 +263,9 @@ def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoint(
         loss = calc_loss_batch(inputs, targets, model, device)
         return loss * float("nan") if len(calls) >= 5 else loss
 
-    with pytest.raises(FloatingPointError, match="NaN or infinite at step 5.*"
-                                                 "kept: .*step-00000004"):
+    with pytest.raises(
+        FloatingPointError, match="NaN or infinite at step 5.*kept: .*step-00000004"
+    ):
         small_run(text, tmp_path, loss_fn=loss_that_diverges, every=2, keep=1)
     assert folders(tmp_path) == ["latest", "step-00000004"]
     model = GPTModel(CFG)
@@ -249,8 +276,15 @@ def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoint(
 
 @pytest.mark.parametrize(
     "field, value",
-    [("keep_checkpoints", 0), ("keep_checkpoints", -1), ("checkpoint_every", 0),
-     ("max_steps", 0), ("max_steps", -3), ("eval_iter", 0), ("eval_freq", 0)],
+    [
+        ("keep_checkpoints", 0),
+        ("keep_checkpoints", -1),
+        ("checkpoint_every", 0),
+        ("max_steps", 0),
+        ("max_steps", -3),
+        ("eval_iter", 0),
+        ("eval_freq", 0),
+    ],
 )
 def test_settings_that_would_do_nothing_are_refused(tmp_path, field, value):
     with pytest.raises(ValueError, match=f"{field} must be positive"):
@@ -265,8 +299,9 @@ def test_an_empty_training_loader_is_an_error():
 def test_what_sample_returns_is_saved_as_plain_json_or_refused(tmp_path, text):
     import numpy as np
 
-    _, history = small_run(text, tmp_path / "a", every=3, epochs=2,
-                           sample=lambda m: np.str_("text"))
+    _, history = small_run(
+        text, tmp_path / "a", every=3, epochs=2, sample=lambda m: np.str_("text")
+    )
     model = GPTModel(CFG)
     optimizer = torch.optim.AdamW(model.parameters())
     state = load_checkpoint(tmp_path / "a", model, optimizer)
@@ -310,8 +345,10 @@ def test_a_flipped_bit_in_a_checkpoint_is_caught(tmp_path, text):
     data = bytearray(weights.read_bytes())
     data[-5] ^= 0x01  # one bit of one weight
     weights.write_bytes(bytes(data))
-    with pytest.raises(ValueError, match="model.safetensors is missing or does not "
-                                         "match its recorded checksum"):
+    with pytest.raises(
+        ValueError,
+        match="model.safetensors is missing or does not match its recorded checksum",
+    ):
         small_run(text, tmp_path, resume=True, max_steps=6)
 
 
@@ -338,16 +375,80 @@ def test_resuming_with_other_batches_or_data_is_refused(tmp_path, text):
         torch.manual_seed(0)
         model = GPTModel(CFG)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        settings = TrainingConfig(num_epochs=1, checkpoint_dir=tmp_path,
-                                  checkpoint_every=2, progress=False)
-        train_model(model, train_loader, loaders(text)[1], optimizer, "cpu",
-                    settings, resume=True)
+        settings = TrainingConfig(
+            num_epochs=1, checkpoint_dir=tmp_path, checkpoint_every=2, progress=False
+        )
+        train_model(
+            model,
+            train_loader,
+            loaders(text)[1],
+            optimizer,
+            "cpu",
+            settings,
+            resume=True,
+        )
 
     bigger = create_dataloader(text[:3000], 8, 16, 16, seed=7)
-    with pytest.raises(ValueError, match="trained on other data or batches.*"
-                                         "'batch_size': 4.*'batch_size': 8"):
+    with pytest.raises(
+        ValueError,
+        match="trained on other data or batches.*'batch_size': 4.*'batch_size': 8",
+    ):
         resume_with(bigger)
     other_text = create_dataloader(text[3000:6000], 4, 16, 16, seed=7)
     with pytest.raises(ValueError, match="other data"):
         resume_with(other_text)
     resume_with(loaders(text)[0])  # the same data resumes
+
+
+def test_a_training_batch_with_a_foreign_id_is_named_before_the_model_runs():
+    model = GPTModel(CFG)
+    inputs = torch.tensor([[1, 2, 3]])
+    with pytest.raises(ValueError, match="token id 60000 at index \\(0, 2\\)"):
+        calc_loss_batch(torch.tensor([[1, 2, 60000]]), inputs, model, "cpu")
+    with pytest.raises(ValueError, match="token id 60000"):  # targets too
+        calc_loss_batch(inputs, torch.tensor([[2, 3, 60000]]), model, "cpu")
+    ignored = torch.tensor([[2, 3, -100]])  # ignore_index is not an id
+    assert torch.isfinite(calc_loss_batch(inputs, ignored, model, "cpu"))
+
+
+def test_save_paths_that_cannot_be_written_are_named(tmp_path):
+    model = GPTModel(CFG)
+    with pytest.raises(IsADirectoryError, match="it is a folder"):
+        save_model(model, tmp_path)
+    with pytest.raises(FileNotFoundError, match="folder .*missing does not exist"):
+        save_model(model, tmp_path / "missing" / "model.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_save_leaves_the_old_file_and_nothing_else(tmp_path, monkeypatch):
+    path = tmp_path / "model.safetensors"
+    model = GPTModel(CFG)
+    save_model(model, path)
+    before = path.read_bytes()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    import llmbook.train
+
+    monkeypatch.setattr(llmbook.train, "save_file", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        save_model(GPTModel(CFG), path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]
+
+
+@pytest.mark.parametrize("keep", [0, 100, 1000])
+def test_a_truncated_model_file_is_named(tmp_path, keep):
+    path = tmp_path / "model.safetensors"
+    save_model(GPTModel(CFG), path)
+    data = path.read_bytes()
+    path.write_bytes(data[:keep] if keep else b"")
+    for load in (load_model, lambda p: load_weights(GPTModel(CFG), p)):
+        with pytest.raises(ValueError, match="model.safetensors is not a readable"):
+            load(path)
+    path.write_bytes(data[:-50])
+    with pytest.raises(ValueError, match="truncated or damaged"):
+        load_model(path)
+    with pytest.raises(FileNotFoundError, match="no model file at .*nothing"):
+        load_model(tmp_path / "nothing.safetensors")

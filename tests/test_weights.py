@@ -254,3 +254,29 @@ def test_gpt2_available_when_the_server_answers(tmp_path, monkeypatch):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "pytorch_model.bin"])
+def test_a_truncated_gpt2_file_is_named(tmp_path, name):
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in tiny_hf().state_dict().items()}
+    path = tmp_path / name
+    if name.endswith(".safetensors"):
+        save_file({k: v.clone() for k, v in state.items()}, path)
+    else:
+        torch.save(state, path)
+    path.write_bytes(path.read_bytes()[:-200])
+    model = GPTModel(
+        GPTConfig(
+            vocab_size=300,
+            context_length=40,
+            emb_dim=24,
+            n_heads=4,
+            n_layers=3,
+            drop_rate=0.0,
+            qkv_bias=True,
+        )
+    )
+    with pytest.raises(ValueError, match=f"could not read .*{name}.*truncated"):
+        load_gpt2_weights(model, path)

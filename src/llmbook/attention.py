@@ -10,8 +10,10 @@ import torch
 from torch import nn
 
 
-def check_attention_input(x: torch.Tensor, d_in: int, context_length: int) -> None:
-    """Raise ValueError unless `x` is (batch, tokens, d_in) with tokens <= context."""
+def check_attention_input(x: torch.Tensor, d_in: int, context_length: int,
+                          dtype: torch.dtype | None = None) -> None:
+    """Raise unless `x` is (batch, tokens, d_in) with tokens <= context, and of the
+    weights' `dtype` if one is given (under autocast, any floating type)."""
     if x.dim() != 3:
         raise ValueError(
             f"attention expects a batch of shape (batch, tokens, {d_in}), got a "
@@ -24,6 +26,13 @@ def check_attention_input(x: torch.Tensor, d_in: int, context_length: int) -> No
         raise ValueError(
             f"the sequence has {x.shape[1]} tokens, more than the context length "
             f"{context_length}; crop it, e.g. x[:, -{context_length}:]"
+        )
+    if dtype is not None and x.dtype != dtype and not (
+        x.is_floating_point() and torch.is_autocast_enabled(x.device.type)
+    ):
+        raise TypeError(
+            f"attention got a {x.dtype} input, but its weights are {dtype}; convert "
+            f"the input with x.to({dtype}), or the module with .to(...)"
         )
 
 
@@ -47,7 +56,8 @@ class CausalAttention(nn.Module):
         self.register_buffer("mask", torch.triu(ones, diagonal=1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_attention_input(x, self.d_in, self.context_length)
+        check_attention_input(x, self.d_in, self.context_length,
+                              self.W_query.weight.dtype)
         num_tokens = x.shape[1]
         queries = self.W_query(x)  # (B, T, d_out)
         keys = self.W_key(x)  # (B, T, d_out)
@@ -130,7 +140,8 @@ class MultiHeadAttention(nn.Module):
         return t.transpose(1, 2)  # (B, H, T, hd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_attention_input(x, self.d_in, self.context_length)
+        check_attention_input(x, self.d_in, self.context_length,
+                              self.W_query.weight.dtype)
         b, num_tokens, _ = x.shape
         queries = self.split_heads(self.W_query(x))  # (B, H, T, hd)
         keys = self.split_heads(self.W_key(x))  # (B, H, T, hd)

@@ -135,6 +135,7 @@ def train_merges(
 
 
 import base64
+import binascii
 import functools
 import json
 import os
@@ -145,6 +146,8 @@ from typing import Self
 
 import regex
 import tiktoken
+
+from llmbook.data import atomic_write
 
 
 class BPETokenizer:
@@ -166,24 +169,24 @@ class BPETokenizer:
         special_tokens: dict[str, int] | None = None,
         pattern: str | None = None,
     ):
-        if ranks is None:
-            ranks = {bytes([b]): b for b in range(256)}
-        missing = sum(bytes([b]) not in ranks for b in range(256))
-        if missing:
-            raise ValueError(f"ranks lacks {missing} of the 256 single-byte tokens")
-        self.ranks = dict(ranks)
-        self.special_tokens = dict(special_tokens or {})
         self.pattern = pattern or GPT2_PATTERN
         self._compiled = regex.compile(self.pattern)
+        if ranks is None:
+            ranks = {bytes([b]): b for b in range(256)}
+        self._set_vocabulary(ranks, special_tokens or {})
+
+    def _set_vocabulary(self, ranks: dict[bytes, int], special_tokens: dict[str, int]):
+        check_vocabulary(ranks, special_tokens)
+        self.ranks = dict(ranks)
+        self.special_tokens = dict(special_tokens)
         self._decoder = {i: b for b, i in self.ranks.items()}
         self._decoder.update({i: s.encode() for s, i in self.special_tokens.items()})
-        if len(self._decoder) != len(self.ranks) + len(self.special_tokens):
-            raise ValueError("token ids must be unique across ranks and special tokens")
         self._cache: dict[str, list[int]] = {}
 
     @property
     def vocab_size(self) -> int:
-        return len(self._decoder)
+        """The number of rows an embedding needs: the largest id plus one."""
+        return max(self._decoder) + 1
 
     def train(
         self,
@@ -193,6 +196,13 @@ class BPETokenizer:
     ) -> Self:
         """Learn merges from `text` until the vocabulary (256 bytes, merges, special
         tokens) has `vocab_size` tokens, or no pair occurs twice. Returns self."""
+        if not isinstance(vocab_size, int) or isinstance(vocab_size, bool):
+            raise TypeError(f"vocab_size must be an int, got {vocab_size!r}")
+        if isinstance(special_tokens, str):
+            raise TypeError(
+                f"special_tokens must be a list of strings, not the string "
+                f"{special_tokens!r}: write special_tokens=[{special_tokens!r}]"
+            )
         specials = list(dict.fromkeys(special_tokens))
         smallest = 256 + len(specials)
         if vocab_size < smallest:
@@ -201,10 +211,12 @@ class BPETokenizer:
                 f"{len(specials)} special token(s) need at least {smallest}"
             )
         ranks = {bytes([b]): b for b in range(256)}
+        special_ids = {token: 256 + k for k, token in enumerate(specials)}
+        check_vocabulary(ranks, special_ids)  # before the (slow) training
         for left, right in train_merges(text, vocab_size - smallest, self.pattern):
             ranks[left + right] = len(ranks)
         special_ids = {token: len(ranks) + k for k, token in enumerate(specials)}
-        self.__init__(ranks, special_ids, self.pattern)
+        self._set_vocabulary(ranks, special_ids)
         return self
 
     def encode_ordinary(self, text: str) -> list[int]:
@@ -318,10 +330,8 @@ class BPETokenizer:
                 for token, rank in sorted(self.ranks.items(), key=lambda x: x[1])
             ],
         }
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
+        text = json.dumps(data, ensure_ascii=False)
+        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Self:
@@ -339,8 +349,60 @@ class BPETokenizer:
                 f"{path} is a BPETokenizer file of version {data.get('version')!r}; "
                 f"this llmbook reads version {cls.VERSION}"
             )
-        ranks = {base64.b64decode(token): rank for token, rank in data["ranks"]}
-        return cls(ranks, data["special_tokens"], data["pattern"])
+        try:
+            ranks = {base64.b64decode(token, validate=True): rank
+                     for token, rank in data["ranks"]}
+            return cls(ranks, data["special_tokens"], data["pattern"])
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            raise ValueError(f"{path} is not a valid BPETokenizer file: {exc}") from exc
+
+
+def check_vocabulary(ranks: dict[bytes, int], special_tokens: dict[str, int]) -> None:
+    """Raise unless `ranks` and `special_tokens` form a vocabulary that BPE (ours
+    and tiktoken's alike) can use: the ranks are the ids 0 to n - 1 and include the
+    256 single bytes, special tokens are non-empty strings with ids of their own
+    from n on, and every multi-byte token is what BPE makes of its own bytes.
+
+    >>> check_vocabulary({bytes([b]): b for b in range(256)} | {b"abc": 256}, {})
+    Traceback (most recent call last):
+    ...
+    ValueError: 1 token(s) can never be produced, because merging their bytes by \
+rank ends elsewhere: b'abc' becomes [b'a', b'b', b'c']
+    """
+    for token, rank in ranks.items():
+        if not isinstance(token, bytes) or type(rank) is not int:
+            raise TypeError(f"ranks must map bytes to int ids, got {token!r}: {rank!r}")
+    for token, token_id in special_tokens.items():
+        if not isinstance(token, str) or type(token_id) is not int:
+            raise TypeError(
+                f"special tokens must map strings to int ids, got {token!r}: "
+                f"{token_id!r}"
+            )
+        if not token:
+            raise ValueError("a special token cannot be the empty string")
+    missing = sum(bytes([b]) not in ranks for b in range(256))
+    if missing:
+        raise ValueError(f"ranks lacks {missing} of the 256 single-byte tokens")
+    if sorted(ranks.values()) != list(range(len(ranks))):
+        raise ValueError(
+            f"the {len(ranks)} ranks must be the ids 0 to {len(ranks) - 1}, each "
+            "used once (no gaps, repeats or negative ids)"
+        )
+    special_ids = list(special_tokens.values())
+    first = min(special_ids, default=len(ranks))
+    if len(set(special_ids)) != len(special_ids) or first < len(ranks):
+        raise ValueError(
+            f"special tokens need ids of their own, from {len(ranks)} on (after the "
+            f"ranks); got {special_tokens}"
+        )
+    unreachable = [(token, parts) for token in ranks if len(token) > 1
+                   and len(parts := bpe_merge(token, ranks)) > 1]
+    if unreachable:
+        token, parts = unreachable[0]
+        raise ValueError(
+            f"{len(unreachable)} token(s) can never be produced, because merging "
+            f"their bytes by rank ends elsewhere: {token!r} becomes {parts}"
+        )
 
 
 @functools.lru_cache(maxsize=64)

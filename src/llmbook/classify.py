@@ -65,8 +65,12 @@ def load_spam_splits(seed: int = 123, path=None):
     return split_examples(balance_classes(read_spam_collection(path), seed))
 
 
+import operator
+
 import torch
 from torch.utils.data import Dataset
+
+from llmbook.data import check_sizes
 
 
 class ClassificationDataset(Dataset):
@@ -95,7 +99,11 @@ class ClassificationDataset(Dataset):
             from llmbook.tokenizer import gpt2_tokenizer
 
             tokenizer = gpt2_tokenizer()
-        texts, labels = list(texts), [int(label) for label in labels]
+        texts = list(texts)
+        try:  # int() would turn a label of 0.7 into 0 without a word
+            labels = [operator.index(label) for label in labels]
+        except TypeError as exc:
+            raise TypeError(f"labels must be integers: {exc}") from None
         if len(texts) != len(labels):
             raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
         for i, (text, label) in enumerate(zip(texts, labels, strict=True)):
@@ -108,8 +116,7 @@ class ClassificationDataset(Dataset):
         ids = [tokenizer.encode(text, disallowed_special=()) for text in texts]
         if max_length is None:
             max_length = max(len(row) for row in ids)
-        if max_length < 1:
-            raise ValueError(f"max_length must be positive, got {max_length}")
+        check_sizes(max_length=max_length)
         self.max_length, self.pad_token_id = max_length, pad_token_id
         self.num_truncated = sum(len(row) > max_length for row in ids)
         self.inputs = torch.full((len(ids), max_length), pad_token_id)  # (N, L)
@@ -202,7 +209,7 @@ def classification_logits(model, input_ids, pad_token_id: int = 50256,
     if token == "first":
         return logits[rows, 0]
     real = input_ids != pad_token_id  # (B, T)
-    if not real.any(dim=1).all():
+    if input_ids.device.type == "cpu" and not real.any(dim=1).all():  # no GPU sync
         raise ValueError("a row holds nothing but padding; every text needs a token")
     positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,)
     last = (real * positions).argmax(dim=1)  # (B,) the last real token's position
@@ -210,6 +217,8 @@ def classification_logits(model, input_ids, pad_token_id: int = 50256,
 
 
 import torch
+
+from llmbook.data import check_token_ids
 
 
 def calc_classification_loss(input_batch, target_batch, model, device,
@@ -219,8 +228,6 @@ def calc_classification_loss(input_batch, target_batch, model, device,
 
     Has the signature of `calc_loss_batch`, so it can be `train_model`'s `loss_fn`.
     """
-    input_batch = input_batch.to(device)  # (B, T)
-    target_batch = target_batch.to(device)  # (B,)
     context = model.cfg.context_length
     if input_batch.shape[1] > context:
         raise ValueError(
@@ -228,10 +235,14 @@ def calc_classification_loss(input_batch, target_batch, model, device,
             f"{context}; build the dataset with max_length <= {context}"
         )
     num_classes = model.out_head.out_features
-    if ((target_batch < 0) | (target_batch >= num_classes)).any():
-        raise ValueError(
-            f"labels must be in range({num_classes}), got {target_batch.tolist()}"
-        )
+    if input_batch.device.type == "cpu":  # checked before a GPU sees them
+        check_token_ids(input_batch, model.cfg.vocab_size)
+        if ((target_batch < 0) | (target_batch >= num_classes)).any():
+            raise ValueError(
+                f"labels must be in range({num_classes}), got {target_batch.tolist()}"
+            )
+    input_batch = input_batch.to(device)  # (B, T)
+    target_batch = target_batch.to(device)  # (B,)
     logits = classification_logits(model, input_batch, pad_token_id, token)
     return torch.nn.functional.cross_entropy(logits, target_batch)
 
@@ -301,10 +312,8 @@ def classify(text: str, model, tokenizer=None, max_length: int | None = None,
 import json
 import os
 
-from safetensors import safe_open
-
 from llmbook.model import GPTConfig, GPTModel
-from llmbook.train import load_weights, save_model
+from llmbook.train import load_weights, open_safetensors, save_model
 
 
 def save_classifier(model, path: str | os.PathLike) -> None:
@@ -314,7 +323,7 @@ def save_classifier(model, path: str | os.PathLike) -> None:
 
 def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """Rebuild a classifier saved by `save_classifier`, in eval mode."""
-    with safe_open(str(path), framework="pt") as f:
+    with open_safetensors(path) as f:
         metadata = f.metadata() or {}
     if metadata.get("format") != "llmbook-gpt" or "num_classes" not in metadata:
         raise ValueError(f"{path} holds no classifier saved by save_classifier")

@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 import urllib.error
 import urllib.request
+import uuid
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,16 +78,50 @@ def _verified(path: Path, name: str, source: DataSource) -> Path:
     return path
 
 
-def _download(name: str, source: DataSource, dest: Path) -> Path:
-    """Fetch `source` into `dest` atomically; raise before `dest` exists if bad."""
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Create or replace the file `path` so that readers see the old file or the
+    whole new one, never part of one: `write(tmp)` fills a temporary file beside
+    `path`, which is synced to disk and then renamed. A failed write leaves nothing
+    behind, and a path that cannot be written says why."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {path}: it is a folder, not a file name")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(
+            f"cannot write {path}: the folder {path.parent} does not exist"
+        )
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:  # mode 0o666 less the umask, like any new file (mkstemp would give 0o600)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except PermissionError as exc:
+        raise PermissionError(
+            f"cannot write {path}: no permission to create files in {path.parent}"
+        ) from exc
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())  # the bytes are on disk before the name is
+        os.replace(tmp, path)  # atomic on POSIX and Windows
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _download(name: str, source: DataSource, dest: Path, corrupt: bool = False) -> Path:
+    """Fetch `source` into `dest` atomically; raise before `dest` exists if bad.
+
+    `corrupt` says that `dest` exists but failed its checksum."""
     try:
         with urllib.request.urlopen(source.url, timeout=60) as response:
             payload = response.read()
     except (urllib.error.URLError, OSError) as exc:
+        problem = (f"the cached copy {dest} of {name} is corrupt (its checksum does "
+                   "not match)" if corrupt else f"{name} is not available locally")
         raise DataFileError(
-            f"{name} is not available locally and could not be downloaded from "
-            f"{source.url} ({exc}). Put a copy of {name} in a folder and set the "
-            "environment variable LLMBOOK_DATA_DIR to that folder, or pass its path"
+            f"{problem} and could not be downloaded from {source.url} ({exc}). Put a "
+            f"copy of {name} in a folder and set the environment variable "
+            "LLMBOOK_DATA_DIR to that folder, or pass its path"
         ) from exc
     if source.member is not None:
         try:
@@ -103,15 +138,7 @@ def _download(name: str, source: DataSource, dest: Path) -> Path:
             f"expected {source.sha256}; it was discarded"
         )
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, dest)  # atomic: readers see the old file or the whole new one
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dest
+    return atomic_write(dest, lambda tmp: tmp.write_bytes(payload))
 
 
 def data_file(name: str, path: str | os.PathLike | None = None) -> Path:
@@ -138,7 +165,33 @@ def data_file(name: str, path: str | os.PathLike | None = None) -> Path:
     cached = cache_dir() / name
     if cached.is_file() and file_sha256(cached) == source.sha256:
         return cached
-    return _download(name, source, cached)  # also replaces a corrupt cached copy
+    return _download(name, source, cached, corrupt=cached.is_file())  # replaces it
+
+
+import inspect
+import numbers
+
+
+def check_sizes(**sizes) -> None:
+    """Raise unless every keyword argument is a positive integer.
+
+    >>> check_sizes(batch_size=8, max_length=4.5)
+    Traceback (most recent call last):
+    ...
+    TypeError: max_length must be a positive integer, got 4.5
+    """
+    for name, value in sizes.items():
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+            raise TypeError(f"{name} must be a positive integer, got {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def encode_text(tokenizer, text: str) -> list[int]:
+    """Token ids of `text`, with `<|endoftext|>` as its special token."""
+    if "allowed_special" in inspect.signature(tokenizer.encode).parameters:
+        return tokenizer.encode(text, allowed_special={"<|endoftext|>"})
+    return tokenizer.encode(text)  # e.g. SimpleTokenizerV2: specials built in
 
 
 import torch
@@ -149,7 +202,7 @@ class GPTDataset(Dataset):
     """Input/target pairs cut from one text by a sliding window of token ids.
 
     Sample `i` starts at token `i * stride`; its target is its input shifted by one.
-    `tokenizer` is any tokenizer with tiktoken's `encode` (default: GPT-2's), and
+    `tokenizer` is any tokenizer with an `encode` method (default: GPT-2's), and
     `<|endoftext|>` in the text is encoded as that special token.
 
     >>> dataset = GPTDataset("one two three four five six", max_length=3, stride=2)
@@ -158,16 +211,12 @@ class GPTDataset(Dataset):
     """
 
     def __init__(self, text: str, max_length: int, stride: int, tokenizer=None):
-        if max_length < 1 or stride < 1:
-            raise ValueError(
-                f"max_length and stride must be positive, got max_length={max_length}"
-                f" and stride={stride}"
-            )
+        check_sizes(max_length=max_length, stride=stride)
         if tokenizer is None:
             from llmbook.tokenizer import gpt2_tokenizer
 
             tokenizer = gpt2_tokenizer()
-        ids = tokenizer.encode(text, allowed_special={"<|endoftext|>"})
+        ids = encode_text(tokenizer, text)
         if len(ids) < max_length + 1:
             raise ValueError(
                 f"the text has {len(ids)} tokens, but one sample needs max_length + 1 "
@@ -209,8 +258,7 @@ def create_dataloader(
     Raises ValueError when the text is too short for one sample, or (with
     `drop_last`) for one full batch, instead of returning an empty loader.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    check_sizes(batch_size=batch_size)
     dataset = GPTDataset(text, max_length, stride, tokenizer)
     if drop_last and len(dataset) < batch_size:
         raise ValueError(
@@ -242,6 +290,11 @@ def check_token_ids(ids: torch.Tensor, vocab_size: int) -> None:
     ValueError: token id 9 at index (1, 1) is outside the vocabulary of 5 tokens \
 (ids 0 to 4); was the text encoded with another tokenizer?
     """
+    if ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(
+            f"token ids must be integers (torch.long), got {ids.dtype}; convert "
+            "them with ids.long()"
+        )
     bad = (ids < 0) | (ids >= vocab_size)
     if bad.any():
         where = tuple(int(i) for i in bad.nonzero()[0])

@@ -5,13 +5,22 @@
 
 """From logits to text: greedy decoding (chapter 6) and sampling (chapter 7)."""
 
+import numbers
+
 import torch
+
+from llmbook.data import check_token_ids
 
 
 def check_prompt(idx: torch.Tensor, max_new_tokens: int, context_size: int,
                  model: torch.nn.Module) -> None:
-    """Raise ValueError for a negative token budget, a prompt without tokens or
-    with non-integer ids, or a context size the model cannot take."""
+    """Raise for a token budget or context size that is not a whole number the
+    model can take, or a prompt without tokens or with ids outside the vocabulary.
+    This is where ids enter generation, so their values are checked here, once."""
+    for name, value in [("max_new_tokens", max_new_tokens),
+                        ("context_size", context_size)]:
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an integer, got {value!r}")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     if idx.dim() != 2 or idx.shape[1] == 0:
@@ -19,14 +28,15 @@ def check_prompt(idx: torch.Tensor, max_new_tokens: int, context_size: int,
             f"idx must be (batch, tokens) with at least one token, got shape "
             f"{tuple(idx.shape)}; start an empty prompt with an <|endoftext|> token"
         )
-    if idx.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"token ids must be integers (torch.long), got {idx.dtype}")
-    limit = getattr(getattr(model, "cfg", None), "context_length", None)
+    cfg = getattr(model, "cfg", None)
+    limit = getattr(cfg, "context_length", None)
     if context_size < 1 or (limit is not None and context_size > limit):
         raise ValueError(
             f"context_size must be between 1 and the model's context length "
             f"{limit}, got {context_size}"
         )
+    if cfg is not None:
+        check_token_ids(idx, cfg.vocab_size)
 
 
 @torch.no_grad()

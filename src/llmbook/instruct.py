@@ -204,23 +204,15 @@ def generate_responses(model, entries, tokenizer=None, max_new_tokens: int = 64,
 
 
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from llmbook.data import atomic_write
 
 
 def save_json(data, path) -> Path:
     """Write `data` as indented JSON, atomically: the file is whole, or untouched."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    text = json.dumps(data, indent=2, ensure_ascii=False)  # fails before any write
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def rouge_l(entries, key: str = "model_response") -> float:

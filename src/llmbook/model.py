@@ -145,8 +145,6 @@ import math
 import torch
 from torch import nn
 
-from llmbook.data import check_token_ids
-
 
 class GPTModel(nn.Module):
     """A GPT-2 style decoder: ids (B, T) -> next-token logits (B, T, vocab_size).
@@ -187,6 +185,11 @@ class GPTModel(nn.Module):
             raise ValueError(
                 f"expected token ids of shape (batch, tokens), got {tuple(idx.shape)}"
             )
+        if idx.dtype not in (torch.int64, torch.int32):
+            raise TypeError(
+                f"token ids must be integers (torch.long), got {idx.dtype}; "
+                "convert them with idx.long()"
+            )
         num_tokens = idx.shape[1]
         if num_tokens > self.cfg.context_length:
             raise ValueError(
@@ -194,9 +197,16 @@ class GPTModel(nn.Module):
                 f"{self.cfg.context_length}; keep the last ones: idx[:, -"
                 f"{self.cfg.context_length}:]"
             )
-        check_token_ids(idx, self.cfg.vocab_size)
+        try:
+            tok_embeds = self.tok_emb(idx)  # (B, T, emb_dim)
+        except IndexError:  # on the CPU; a GPU reports a bad id later, as an assert
+            bad = ((idx < 0) | (idx >= self.cfg.vocab_size)).nonzero()[0]
+            raise ValueError(
+                f"token id {int(idx[tuple(bad)])} at index {tuple(bad.tolist())} is "
+                f"outside the vocabulary of {self.cfg.vocab_size} tokens"
+            ) from None
         positions = torch.arange(num_tokens, device=idx.device)
-        x = self.tok_emb(idx) + self.pos_emb(positions)  # (B, T, emb_dim)
+        x = tok_embeds + self.pos_emb(positions)  # (B, T, emb_dim)
         x = self.drop_emb(x)
         x = self.trf_blocks(x)  # (B, T, emb_dim)
         x = self.final_norm(x)

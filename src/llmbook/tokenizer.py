@@ -25,9 +25,39 @@ def split_text(text: str) -> list[str]:
 
 
 def join_pieces(pieces: Iterable[str]) -> str:
-    """Put spaces between pieces, except before punctuation: inverse of split_text."""
+    """Put spaces between pieces, except before punctuation and inside contractions.
+
+    Only an approximate inverse of split_text, which threw the spaces away:
+
+    >>> join_pieces(split_text("Don't stop--it's fine, isn't it?"))
+    "Don't stop-- it's fine, isn't it?"
+    """
     text = " ".join(pieces)
-    return re.sub(r" (--|[^\w\s<]|_)", r"\1", text)
+    text = re.sub(r" (--|[^\w\s<]|_)", r"\1", text)
+    return re.sub(r"(?<=\w)' (?=(?:s|t|d|m|ll|ve|re)\b)", "'", text)  # it' s -> it's
+
+
+def invert_vocab(vocab: dict[str, int]) -> dict[int, str]:
+    """Map ids back to pieces; two pieces with one id would make decoding ambiguous.
+
+    >>> invert_vocab({"a": 0, "b": 1, "c": 1})
+    Traceback (most recent call last):
+    ...
+    ValueError: the vocabulary gives id 1 to both 'b' and 'c'; every piece needs an id \
+of its own
+    """
+    int_to_str: dict[int, str] = {}
+    for piece, token_id in vocab.items():
+        if not isinstance(token_id, int) or isinstance(token_id, bool):
+            raise TypeError(f"the id of {piece!r} must be an int, got {token_id!r}")
+        if token_id in int_to_str:
+            raise ValueError(
+                f"the vocabulary gives id {token_id} to both "
+                f"{int_to_str[token_id]!r} and {piece!r}; every piece needs an id "
+                "of its own"
+            )
+        int_to_str[token_id] = piece
+    return int_to_str
 
 
 def lookup_ids(ids: Iterable[int], int_to_str: dict[int, str]) -> list[str]:
@@ -61,7 +91,7 @@ class SimpleTokenizerV1:
 
     def __init__(self, vocab: dict[str, int]):
         self.str_to_int = dict(vocab)
-        self.int_to_str = {token_id: piece for piece, token_id in vocab.items()}
+        self.int_to_str = invert_vocab(vocab)
 
     def encode(self, text: str) -> list[int]:
         ids = []
@@ -101,7 +131,7 @@ class SimpleTokenizerV2:
                 f"build_vocab(text, special_tokens=[{END_OF_TEXT!r}, {UNKNOWN!r}])"
             )
         self.str_to_int = dict(vocab)
-        self.int_to_str = {token_id: piece for piece, token_id in vocab.items()}
+        self.int_to_str = invert_vocab(vocab)
         specials = [p for p in vocab if p.startswith("<|") and p.endswith("|>")]
         self.special_pattern = re.compile(
             "(" + "|".join(re.escape(s) for s in sorted(specials)) + ")"

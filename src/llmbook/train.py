@@ -6,9 +6,17 @@
 
 import torch
 
+from llmbook.data import check_token_ids
+
 
 def calc_loss_batch(input_batch, target_batch, model, device) -> torch.Tensor:
-    """Mean cross-entropy of a batch's next-token predictions (a scalar tensor)."""
+    """Mean cross-entropy of a batch's next-token predictions (a scalar tensor).
+
+    Targets of -100 are left out of the mean (PyTorch's `ignore_index`)."""
+    if input_batch.device.type == "cpu":  # ids enter here; checked before a GPU
+        vocab_size = model.cfg.vocab_size  # would have to wait for the answer
+        check_token_ids(input_batch, vocab_size)
+        check_token_ids(target_batch[target_batch != -100], vocab_size)
     input_batch = input_batch.to(device)  # (B, T)
     target_batch = target_batch.to(device)  # (B, T)
     logits = model(input_batch)  # (B, T, V)
@@ -268,8 +276,23 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+
+from llmbook.data import atomic_write
+
+
+def open_safetensors(path: str | os.PathLike):
+    """`safe_open(path)`, with errors that name the file and say what is wrong."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no model file at {path}")
+    try:
+        return safe_open(str(path), framework="pt")
+    except SafetensorError as exc:
+        raise ValueError(
+            f"{path} is not a readable safetensors file; it may be truncated or "
+            f"damaged ({exc})"
+        ) from None
 
 
 def _state_to_save(model) -> dict[str, torch.Tensor]:
@@ -288,19 +311,14 @@ def save_model(model, path: str | os.PathLike, metadata: dict | None = None) -> 
     path = Path(path)
     metadata = {"format": "llmbook-gpt", "config": json.dumps(vars(model.cfg)),
                 **(metadata or {})}
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        save_file(_state_to_save(model), tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    state = _state_to_save(model)
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
 
 def load_weights(model, path: str | os.PathLike) -> None:
     """Load a file written by save_model into `model`, after checking every tensor."""
     expected = {k: v.shape for k, v in _state_to_save(model).items()}
-    with safe_open(str(path), framework="pt") as f:
+    with open_safetensors(path) as f:
         names = f.keys()
         found = {k: f.get_slice(k).get_shape() for k in names}
         problems = [f"missing: {k}" for k in expected if k not in found]
@@ -331,7 +349,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """Rebuild the GPTModel stored by save_model (config and weights)."""
     from llmbook.model import GPTConfig, GPTModel
 
-    with safe_open(str(path), framework="pt") as f:
+    with open_safetensors(path) as f:
         metadata = f.metadata() or {}
     if metadata.get("format") != "llmbook-gpt":
         raise ValueError(f"{path} was not written by llmbook's save_model")

@@ -6,6 +6,7 @@
 
 import json
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -44,11 +45,19 @@ def read_state_dict(source) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"{path} has no model.safetensors or pytorch_model.bin")
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise  # refused on purpose: the file holds code, not only tensors
+    except Exception as exc:  # safetensors' and torch.load's own errors
+        raise ValueError(
+            f"could not read {path}; it may be truncated or damaged "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _from_hf(state: dict) -> tuple[dict, list[str]]:
