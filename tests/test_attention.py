@@ -125,9 +125,10 @@ def test_dropout_only_in_training(use_sdpa):
     torch.testing.assert_close(mha(x), no_dropout.eval()(x), atol=1e-6, rtol=0)
 
 
-def test_mask_is_a_buffer_in_the_state_dict():
+def test_mask_is_a_buffer_left_out_of_the_state_dict():
     mha = MultiHeadAttention(8, 8, 16, 0.0, num_heads=2)
-    assert "mask" in mha.state_dict()
+    assert "mask" not in mha.state_dict()  # rebuilt from context_length, not saved
+    assert "mask" in dict(mha.named_buffers())
     assert "mask" not in dict(mha.named_parameters())
     assert mha.mask.dtype == torch.bool and mha.mask.shape == (16, 16)
     assert mha.to(torch.float64).mask.dtype == torch.bool

@@ -39,11 +39,6 @@ def reference():
 
 
 @pytest.fixture(scope="module")
-def verdict():
-    return data_file("the-verdict.txt").read_text(encoding="utf-8")
-
-
-@pytest.fixture(scope="module")
 def trained(verdict):
     return BPETokenizer().train(verdict, vocab_size=700)
 

@@ -4,7 +4,6 @@ import pytest
 import tiktoken
 
 from llmbook import tokenizer as tk
-from llmbook.data import data_file
 from llmbook.tokenizer import (
     END_OF_TEXT,
     UNKNOWN,
@@ -15,11 +14,6 @@ from llmbook.tokenizer import (
     join_pieces,
     split_text,
 )
-
-
-@pytest.fixture(scope="module")
-def verdict():
-    return data_file("the-verdict.txt").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmbook.data import create_dataloader, data_file
+from llmbook.data import create_dataloader
 from llmbook.model import GPTConfig, GPTModel
 from llmbook.train import (
     TrainingConfig,
@@ -25,8 +25,8 @@ CFG = GPTConfig.preset("debug", context_length=16)
 
 
 @pytest.fixture(scope="module")
-def text():
-    return data_file("the-verdict.txt").read_text(encoding="utf-8")
+def text(verdict):
+    return verdict
 
 
 def loaders(text, seed=7, shuffle=True):
@@ -165,7 +165,7 @@ def test_loading_into_another_config_names_the_tensors(tmp_path):
     assert (
         "tok_emb.weight: (50257, 32) in the file, (50257, 48) in the model" in message
     )
-    assert "missing: trf_blocks.2.norm1.scale" in message
+    assert "missing from the file: trf_blocks.2.norm1.scale" in message
     for name, tensor in other.state_dict().items():  # nothing was half-loaded
         assert torch.equal(tensor, before[name]), name
 
@@ -452,3 +452,25 @@ def test_a_truncated_model_file_is_named(tmp_path, keep):
         load_model(path)
     with pytest.raises(FileNotFoundError, match="no model file at .*nothing"):
         load_model(tmp_path / "nothing.safetensors")
+
+
+def test_masks_are_not_saved_and_old_files_with_masks_still_load(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    model = GPTModel(CFG)
+    assert not any(k.endswith(".mask") for k in model.state_dict())
+    path = tmp_path / "model.safetensors"
+    save_model(model, path)
+    state = load_file(path)
+    assert not any(k.endswith(".mask") for k in state)
+    # A file written before the masks became non-persistent carries them:
+    ones = torch.ones(CFG.context_length, CFG.context_length, dtype=torch.bool)
+    for i in range(CFG.n_layers):
+        state[f"trf_blocks.{i}.att.mask"] = torch.triu(ones, diagonal=1)
+    metadata = safe_open(str(path), "pt").metadata()
+    old = tmp_path / "old.safetensors"
+    save_file(state, old, metadata=metadata)
+    again = load_model(old).eval()
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.equal(again(ids), model.eval()(ids))

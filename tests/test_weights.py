@@ -280,3 +280,18 @@ def test_a_truncated_gpt2_file_is_named(tmp_path, name):
     )
     with pytest.raises(ValueError, match=f"could not read .*{name}.*truncated"):
         load_gpt2_weights(model, path)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_every_file_save_model_writes_loads_as_gpt2_weights(tmp_path, tie):
+    from llmbook.train import save_model
+
+    cfg = GPTConfig.preset("debug", context_length=16, drop_rate=0.0, tie_weights=tie)
+    torch.manual_seed(0)
+    model = GPTModel(cfg).eval()
+    save_model(model, tmp_path / "model.safetensors")
+    other = GPTModel(cfg).eval()
+    load_gpt2_weights(other, tmp_path / "model.safetensors")
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.equal(other(ids), model(ids))
+    assert (other.out_head.weight is other.tok_emb.weight) == tie

@@ -53,7 +53,7 @@ class CausalAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
         # True above the diagonal: the future positions a query may not see.
         ones = torch.ones(context_length, context_length, dtype=torch.bool)
-        self.register_buffer("mask", torch.triu(ones, diagonal=1))
+        self.register_buffer("mask", torch.triu(ones, diagonal=1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_attention_input(x, self.d_in, self.context_length,
@@ -132,7 +132,7 @@ class MultiHeadAttention(nn.Module):
         self.out_proj = nn.Linear(d_out, d_out)  # mixes the heads' outputs
         self.dropout = nn.Dropout(dropout)
         ones = torch.ones(context_length, context_length, dtype=torch.bool)
-        self.register_buffer("mask", torch.triu(ones, diagonal=1))
+        self.register_buffer("mask", torch.triu(ones, diagonal=1), persistent=False)
 
     def split_heads(self, t: torch.Tensor) -> torch.Tensor:
         b, num_tokens, _ = t.shape

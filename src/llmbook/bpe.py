@@ -182,6 +182,7 @@ class BPETokenizer:
         self._decoder = {i: b for b, i in self.ranks.items()}
         self._decoder.update({i: s.encode() for s, i in self.special_tokens.items()})
         self._cache: dict[str, list[int]] = {}
+        self._merges: list[tuple[bytes, bytes]] | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -285,13 +286,17 @@ class BPETokenizer:
     @property
     def merges(self) -> list[tuple[bytes, bytes]]:
         """The pair behind each multi-byte token, in rank order: BPE on a token's
-        bytes, allowed only the tokens ranked below it, stops at its two halves."""
-        by_rank = sorted(self.ranks.items(), key=lambda item: item[1])
-        return [
-            tuple(bpe_merge(token, self.ranks, max_rank=rank))
-            for token, rank in by_rank
-            if len(token) > 1
-        ]
+        bytes, allowed only the tokens ranked below it, stops at its two halves.
+        Computed on first use (a second for GPT-2's 50,000), then kept."""
+        if self._merges is None:
+            by_rank = sorted(self.ranks.items(), key=lambda item: item[1])
+            self._merges = [
+                (left, right)
+                for token, rank in by_rank
+                if len(token) > 1
+                for left, right in [bpe_merge(token, self.ranks, max_rank=rank)]
+            ]
+        return list(self._merges)  # a copy: changing it cannot corrupt the cache
 
     @classmethod
     def from_tiktoken(cls, encoding: tiktoken.Encoding) -> Self:

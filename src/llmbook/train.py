@@ -315,19 +315,36 @@ def save_model(model, path: str | os.PathLike, metadata: dict | None = None) -> 
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
 
+def shape_problems(expected: dict, found: dict, source: str) -> list[str]:
+    """Every name the model has and `source` lacks, or the reverse, and every
+    shape that differs; `expected` and `found` map names to shapes."""
+    problems = [f"missing from {source}: {k}" for k in expected if k not in found]
+    problems += [f"not in the model: {k}" for k in found if k not in expected]
+    problems += [
+        f"{k}: {tuple(found[k])} in {source}, {tuple(shape)} in the model"
+        for k, shape in expected.items()
+        if k in found and tuple(found[k]) != tuple(shape)
+    ]
+    return problems
+
+
+def problem_report(what: str, problems: list[str]) -> str:
+    """`what` followed by the first 20 problems, one per line."""
+    count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
+    return (f"{what} ({count}):\n  " + "\n  ".join(problems[:20])
+            + ("\n  ..." if len(problems) > 20 else ""))
+
+
 def load_weights(model, path: str | os.PathLike) -> None:
-    """Load a file written by save_model into `model`, after checking every tensor."""
+    """Load a file written by save_model into `model`, after checking every tensor.
+
+    Files from before masks were left out of the state dict hold them as `.mask`
+    tensors: they are ignored."""
     expected = {k: v.shape for k, v in _state_to_save(model).items()}
     with open_safetensors(path) as f:
-        names = f.keys()
+        names = [k for k in list(f.keys()) if not k.endswith(".mask")]
         found = {k: f.get_slice(k).get_shape() for k in names}
-        problems = [f"missing: {k}" for k in expected if k not in found]
-        problems += [f"unexpected: {k}" for k in found if k not in expected]
-        problems += [
-            f"{k}: {tuple(found[k])} in the file, {tuple(shape)} in the model"
-            for k, shape in expected.items()
-            if k in found and tuple(found[k]) != tuple(shape)
-        ]
+        problems = shape_problems(expected, found, "the file")
         saved = json.loads((f.metadata() or {}).get("config", "{}"))
         if not problems:  # same shapes, yet maybe another architecture
             problems = [
@@ -336,11 +353,8 @@ def load_weights(model, path: str | os.PathLike) -> None:
                 if key in saved and key != "drop_rate" and saved[key] != value
             ]
         if problems:
-            raise ValueError(
-                f"{path} does not fit this model ({len(problems)} problems):\n  "
-                + "\n  ".join(problems[:20])
-                + ("\n  ..." if len(problems) > 20 else "")
-            )
+            raise ValueError(problem_report(f"{path} does not fit this model",
+                                            problems))
         state = {k: f.get_tensor(k) for k in expected}
     model.load_state_dict(state, strict="out_head.weight" in expected)
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from llmbook.train import problem_report, shape_problems
+
 # Hugging Face GPT-2 name -> our name; "{}" is the block number.
 # The weights marked "T" are stored transposed (GPT-2's Conv1D computes x @ W).
 HF_NAMES = {
@@ -117,17 +119,14 @@ def load_gpt2_weights(model, source) -> None:
         state, unused = _from_hf(state)
     else:
         unused = []
-    ours = {k: v for k, v in model.state_dict().items() if not k.endswith(".mask")}
-    state = {k: v for k, v in state.items() if not k.endswith(".mask")}
-    problems = [f"missing from the checkpoint: {k}" for k in ours if k not in state]
-    problems += [f"not in the model: {k}" for k in state if k not in ours]
-    problems += [f"not in the model: {k}" for k in unused]
-    problems += [
-        f"{k}: {tuple(state[k].shape)} in the checkpoint, {tuple(v.shape)} in the model"
-        for k, v in ours.items()
-        if k in state and state[k].shape != v.shape
-    ]
+    ours = dict(model.state_dict())
     tied = model.out_head.weight is model.tok_emb.weight
+    if tied and "out_head.weight" not in state:  # e.g. a file save_model wrote
+        del ours["out_head.weight"]  # the embedding, loaded as tok_emb.weight
+    state = {k: v for k, v in state.items() if not k.endswith(".mask")}
+    problems = shape_problems({k: v.shape for k, v in ours.items()},
+                              {k: v.shape for k, v in state.items()}, "the checkpoint")
+    problems += [f"not in the model: {k}" for k in unused]
     head, embedding = state.get("out_head.weight"), state.get("tok_emb.weight")
     if tied and head is not None and embedding is not None and not (
         head.shape == embedding.shape and torch.equal(head, embedding)
@@ -141,10 +140,7 @@ def load_gpt2_weights(model, source) -> None:
         if any(".att.W_query.bias" in p for p in problems):
             hint = "\n(GPT-2 has query/key/value biases: build with qkv_bias=True)"
         raise ValueError(
-            f"the checkpoint does not fit the model ({len(problems)} problems):\n  "
-            + "\n  ".join(problems[:20])
-            + ("\n  ..." if len(problems) > 20 else "")
-            + hint
+            problem_report("the checkpoint does not fit the model", problems) + hint
         )
     with torch.no_grad():
         for key, param in ours.items():
