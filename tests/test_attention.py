@@ -1,5 +1,7 @@
 """llmbook.attention: every variant equals SDPA, causality, dropout, bad input."""
 
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -70,7 +72,11 @@ def test_multi_head_equals_sdpa(
         k = mha.W_key(x).view(batch, tokens, heads, -1).transpose(1, 2)
         v = mha.W_value(x).view(batch, tokens, heads, -1).transpose(1, 2)
         explicit_mask = ~mha.mask[:tokens, :tokens]  # True where attention is allowed
-        for kwargs in [{"is_causal": True}, {"attn_mask": explicit_mask}]:
+        options: list[dict[str, Any]] = [
+            {"is_causal": True},
+            {"attn_mask": explicit_mask},
+        ]
+        for kwargs in options:
             context = F.scaled_dot_product_attention(q, k, v, **kwargs)
             context = context.transpose(1, 2).reshape(batch, tokens, d_out)
             expected = mha.out_proj(context)

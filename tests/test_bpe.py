@@ -1,6 +1,7 @@
 """llmbook.bpe: exact against tiktoken, round trips, training, files, errors."""
 
 import json
+from typing import Any
 
 import pytest
 import tiktoken
@@ -65,7 +66,11 @@ def test_gpt2_mode_equals_tiktoken_on_any_unicode(gpt2, reference, text):
 @settings(max_examples=400, deadline=None)
 @given(text=TRICKY)
 def test_gpt2_mode_equals_tiktoken_on_tricky_text(gpt2, reference, text):
-    for kwargs in [{"allowed_special": "all"}, {"disallowed_special": ()}]:
+    options: list[dict[str, Any]] = [
+        {"allowed_special": "all"},
+        {"disallowed_special": ()},
+    ]
+    for kwargs in options:
         assert gpt2.encode(text, **kwargs) == reference.encode(text, **kwargs)
     if EOT in text:
         with pytest.raises(ValueError):
@@ -227,9 +232,9 @@ def test_vocabularies_tiktoken_reads_otherwise_are_refused(ranks, specials, mess
 
 def test_ids_must_be_ints():
     with pytest.raises(TypeError, match="int ids"):
-        BPETokenizer(BYTES | {b"ab": "256"})
+        BPETokenizer(BYTES | {b"ab": "256"})  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="int ids"):
-        BPETokenizer(BYTES, {EOT: 256.0})
+        BPETokenizer(BYTES, {EOT: 256.0})  # type: ignore[dict-item]
 
 
 def test_vocab_size_covers_the_largest_id_like_tiktoken():

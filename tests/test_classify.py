@@ -38,7 +38,7 @@ def classifier(num_classes=2, trainable_blocks=1, seed=0, cfg=CFG):
 
 
 @pytest.fixture(scope="module")
-def splits():
+def splits() -> tuple[list, list, list]:
     return load_spam_splits()
 
 
@@ -106,7 +106,7 @@ def test_dataset_refuses_values_of_the_wrong_type(labels, kwargs, message):
         ClassificationDataset(["fine"], labels, **kwargs)
 
 
-def test_loaders_pad_every_split_like_training(splits):
+def test_loaders_pad_every_split_like_training(splits: tuple[list, list, list]):
     train, val, test = create_classification_loaders(*splits, batch_size=8)
     width = train.dataset.max_length
     assert val.dataset.max_length == test.dataset.max_length == width
@@ -320,7 +320,8 @@ def test_classify_answers_and_refuses_bad_messages():
     with torch.no_grad():
         ids = torch.tensor([[5303] + [23105] * 31])  # "hi" and " hi" x 31
         expected = torch.softmax(classification_logits(model, ids), -1)[0]
-    assert cut == (expected.argmax().item(), pytest.approx(expected.max().item()))
+    assert cut[0] == expected.argmax().item()
+    assert cut[1] == pytest.approx(expected.max().item())
 
 
 def test_save_and_load_a_classifier(tmp_path):

@@ -235,7 +235,8 @@ CHARS = CharTokenizer()
 
 def test_pairs_are_shifted_windows():
     dataset = GPTDataset("abcdefg", max_length=3, stride=2, tokenizer=CHARS)
-    pairs = [(bytes(x.tolist()), bytes(y.tolist())) for x, y in dataset]
+    samples = (dataset[i] for i in range(len(dataset)))
+    pairs = [(bytes(x.tolist()), bytes(y.tolist())) for x, y in samples]
     assert pairs == [(b"abc", b"bcd"), (b"cde", b"def")]  # "efg" needs an "h"
 
 
@@ -258,7 +259,8 @@ def test_sample_count_uses_every_window_that_fits():
         starts = [i * stride for i in range(len(dataset))]
         assert all(s + max_length + 1 <= num_tokens for s in starts)  # each fits
         assert starts[-1] + stride + max_length + 1 > num_tokens  # no more fits
-        for x, y in dataset:
+        for i in range(len(dataset)):
+            x, y = dataset[i]
             assert x.shape == y.shape == (max_length,)
 
 
@@ -287,6 +289,7 @@ def test_loader_batches_and_their_arithmetic():
     loader = create_dataloader(
         text, batch_size=4, max_length=10, stride=10, shuffle=False, tokenizer=CHARS
     )
+    assert isinstance(loader.dataset, GPTDataset)
     assert len(loader.dataset) == 10 and len(loader) == 2  # 10 samples, last 2 dropped
     batches = list(loader)
     assert [tuple(x.shape) for x, _ in batches] == [(4, 10), (4, 10)]

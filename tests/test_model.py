@@ -5,6 +5,7 @@ import re
 
 import pytest
 import torch
+from torch import nn
 
 from llmbook.generate import generate_text_simple
 from llmbook.model import (
@@ -102,9 +103,15 @@ def test_init_follows_gpt2():
     torch.manual_seed(0)
     model = GPTModel(GPTConfig.preset("debug", n_layers=8))
     assert abs(model.tok_emb.weight.std().item() - 0.02) < 0.002
-    residual = model.trf_blocks[0].att.out_proj.weight.std().item()
+    block = model.trf_blocks[0]
+    assert isinstance(block, TransformerBlock)
+    residual = block.att.out_proj.weight.std().item()
     assert abs(residual - 0.02 / 4) < 0.001  # 0.02 / sqrt(2 * 8 layers)
-    assert torch.count_nonzero(model.trf_blocks[0].ff.layers[0].bias) == 0
+    projection = block.ff.layers[2]
+    assert isinstance(projection, nn.Linear)
+    assert abs(projection.weight.std().item() - 0.02 / 4) < 0.001
+    biases = [p for name, p in model.named_parameters() if name.endswith(".bias")]
+    assert biases and all(torch.count_nonzero(bias) == 0 for bias in biases)
 
 
 def test_the_whole_model_is_causal():

@@ -201,6 +201,113 @@ def test_mkdocs_without_a_nav_is_an_error(tmp_path):
         tangle.tangle(book)
 
 
+IMPORTS_ONE = """\
+# One
+
+<!--tangle: src/llmbook/gamma.py-->
+```python
+\"\"\"Gamma: a module whose blocks import what they need.\"\"\"
+
+from __future__ import annotations
+
+import torch
+import os
+from torch import nn
+from llmbook.data import data_file
+from llmbook.gamma import helper  # the module's own name: dropped
+from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
+
+LIMIT = 3
+```
+
+<!--tangle: src/llmbook/gamma.py-->
+```python
+import os
+import regex  # like `re`, with Unicode classes
+
+from torch import Tensor
+from torch import nn
+
+
+def helper(x: Tensor) -> nn.Module:
+    return os, regex, data_file, Iterable, AbstractSet
+```
+"""
+
+
+def test_imports_are_hoisted_merged_and_sorted(tmp_path):
+    book = make_book(tmp_path, {"one.md": IMPORTS_ONE, "two.md": "# Two\n"})
+    tangle.write(book)
+    gamma = (book / "src/llmbook/gamma.py").read_text()
+    assert gamma.split("docs/one.md\n", 1)[1] == textwrap.dedent(
+        """\
+        # Do not edit it: edit those chapters, then run `python tools/tangle.py`.
+
+        \"\"\"Gamma: a module whose blocks import what they need.\"\"\"
+
+        from __future__ import annotations
+
+        import os
+        from collections.abc import Iterable
+        from collections.abc import Set as AbstractSet
+
+        import regex  # like `re`, with Unicode classes
+        import torch
+        from torch import Tensor, nn
+
+        from llmbook.data import data_file
+
+        LIMIT = 3
+
+
+        def helper(x: Tensor) -> nn.Module:
+            return os, regex, data_file, Iterable, AbstractSet
+        """
+    )
+
+
+def test_a_long_import_is_wrapped_like_ruff_wraps_it():
+    names = [f"a_rather_long_function_name_{i}" for i in range(4)]
+    imports = [(tangle.Import("llmbook.some_module", name), "") for name in names]
+    section = tangle.import_section(imports, "llmbook.other")
+    lines = section.splitlines()
+    assert lines[0] == "from llmbook.some_module import ("
+    assert lines[1:-1] == [f"    {name}," for name in names]
+    assert lines[-1] == ")"
+
+
+def test_names_are_ordered_by_type_like_ruff():
+    names = ["load", "GPTModel", "MAX", "GPTConfig", "atomic_write"]
+    imports = [(tangle.Import("llmbook.x", name), "") for name in names]
+    assert tangle.import_section(imports, "llmbook.y") == (
+        "from llmbook.x import MAX, GPTConfig, GPTModel, atomic_write, load"
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("x = 1\nimport os", "import below code; move it to the top"),
+        ("import os\n# why\nimport re", "only blank lines may stand between"),
+        ("from os import *", "`import \\*` cannot be tangled"),
+        ("def f(:\n    pass", "does not parse"),
+    ],
+)
+def test_blocks_whose_imports_cannot_be_hoisted_are_errors(tmp_path, code, message):
+    chapter = f"# One\n\n<!--tangle: src/llmbook/alpha.py-->\n```python\n{code}\n```\n"
+    book = make_book(tmp_path, {"one.md": chapter, "two.md": "# Two\n"})
+    with pytest.raises(tangle.TangleError, match=message):
+        tangle.tangle(book)
+
+
+def test_only_a_first_block_may_open_with_a_docstring(tmp_path):
+    two = TWO.replace("def alpha", '"""Stray."""\n\n\ndef alpha')
+    book = make_book(tmp_path, {"one.md": ONE, "two.md": two})
+    with pytest.raises(tangle.TangleError, match="docs/two.md:3: only a module's"):
+        tangle.tangle(book)
+
+
 def test_the_repository_is_tangled():
     """src/ is exactly what the chapters produce: this is the drift check of CI."""
     assert tangle.differences(ROOT) == []
@@ -210,7 +317,7 @@ def test_the_repository_is_tangled():
     "module", sorted((ROOT / "src/llmbook").glob("*.py")), ids=lambda p: p.name
 )
 def test_no_module_defines_a_name_twice(module):
-    """Blocks repeat their imports (ruff's F811 is off for src/), never definitions."""
+    """Blocks may repeat imports (the tangler merges them), never definitions."""
     tree = ast.parse(module.read_text())
     names = [
         node.name

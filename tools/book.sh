@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The book's two commands, each of which first sets everything up in .venv:
 #
-#   bash tools/book.sh test    tangle check, ruff, then pytest: unit tests, docstring
-#                              examples, every snippet of the book, strict site build
+#   bash tools/book.sh test    tangle check, ruff (lint and format), mypy, then pytest:
+#                              unit tests, docstring examples, every snippet of the book,
+#                              strict site build
 #   bash tools/book.sh serve   build the site and serve it on http://127.0.0.1:8000
 #
 # Extra arguments go to pytest or to `mkdocs serve`. Environment:
@@ -39,6 +40,9 @@ case "${1:-}" in
     .venv/bin/python tools/tangle.py --check
     echo "== ruff"
     .venv/bin/ruff check src tools tests bench
+    .venv/bin/ruff format --check src tools tests bench
+    echo "== mypy"
+    .venv/bin/mypy
     echo "== pytest"
     .venv/bin/python -m pytest "$@"
     ;;

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 
-def check_attention_input(x: torch.Tensor, d_in: int, context_length: int,
-                          dtype: torch.dtype | None = None) -> None:
+def check_attention_input(
+    x: torch.Tensor, d_in: int, context_length: int, dtype: torch.dtype | None = None
+) -> None:
     """Raise unless `x` is (batch, tokens, d_in) with tokens <= context, and of the
     weights' `dtype` if one is given (under autocast, any floating type)."""
     if x.dim() != 3:
@@ -27,8 +28,10 @@ def check_attention_input(x: torch.Tensor, d_in: int, context_length: int,
             f"the sequence has {x.shape[1]} tokens, more than the context length "
             f"{context_length}; crop it, e.g. x[:, -{context_length}:]"
         )
-    if dtype is not None and x.dtype != dtype and not (
-        x.is_floating_point() and torch.is_autocast_enabled(x.device.type)
+    if (
+        dtype is not None
+        and x.dtype != dtype
+        and not (x.is_floating_point() and torch.is_autocast_enabled(x.device.type))
     ):
         raise TypeError(
             f"attention got a {x.dtype} input, but its weights are {dtype}; convert "
@@ -44,6 +47,8 @@ class CausalAttention(nn.Module):
     torch.Size([3, 5, 2])
     """
 
+    mask: torch.Tensor  # a buffer, registered in __init__
+
     def __init__(self, d_in, d_out, context_length, dropout, qkv_bias=False):
         super().__init__()
         self.d_in, self.context_length = d_in, context_length
@@ -56,8 +61,9 @@ class CausalAttention(nn.Module):
         self.register_buffer("mask", torch.triu(ones, diagonal=1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_attention_input(x, self.d_in, self.context_length,
-                              self.W_query.weight.dtype)
+        check_attention_input(
+            x, self.d_in, self.context_length, self.W_query.weight.dtype
+        )
         num_tokens = x.shape[1]
         queries = self.W_query(x)  # (B, T, d_out)
         keys = self.W_key(x)  # (B, T, d_out)
@@ -67,10 +73,6 @@ class CausalAttention(nn.Module):
         scores = scores.masked_fill(future, float("-inf"))
         weights = torch.softmax(scores / math.sqrt(keys.shape[-1]), dim=-1)
         return self.dropout(weights) @ values  # (B, T, d_out)
-
-
-import torch
-from torch import nn
 
 
 class MultiHeadAttentionWrapper(nn.Module):
@@ -87,12 +89,6 @@ class MultiHeadAttentionWrapper(nn.Module):
         return torch.cat([head(x) for head in self.heads], dim=-1)  # (B, T, H * d_out)
 
 
-import math
-
-import torch
-from torch import nn
-
-
 class MultiHeadAttention(nn.Module):
     """Causal multi-head self-attention with one projection for all heads.
 
@@ -106,6 +102,8 @@ class MultiHeadAttention(nn.Module):
     >>> mha(torch.rand(3, 5, 8)).shape
     torch.Size([3, 5, 8])
     """
+
+    mask: torch.Tensor  # a buffer, registered in __init__
 
     def __init__(
         self,
@@ -140,8 +138,9 @@ class MultiHeadAttention(nn.Module):
         return t.transpose(1, 2)  # (B, H, T, hd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_attention_input(x, self.d_in, self.context_length,
-                              self.W_query.weight.dtype)
+        check_attention_input(
+            x, self.d_in, self.context_length, self.W_query.weight.dtype
+        )
         b, num_tokens, _ = x.shape
         queries = self.split_heads(self.W_query(x))  # (B, H, T, hd)
         keys = self.split_heads(self.W_key(x))  # (B, H, T, hd)

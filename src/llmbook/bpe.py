@@ -6,9 +6,24 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import functools
 import heapq
+import json
+import os
+from collections import Counter
+from collections.abc import Collection, Iterable
+from collections.abc import Set as AbstractSet
+from itertools import pairwise
+from pathlib import Path
+from typing import Self
 
 import regex  # like `re`, but knows Unicode classes (\p{L}) and possessive `++`
+import tiktoken
+
+from llmbook.data import atomic_write
+from llmbook.tokenizer import gpt2_tokenizer
 
 # GPT-2's pre-tokenizer: a contraction, or letters, digits or other symbols with at
 # most one leading space, or whitespace (a run of it keeps its last space for the
@@ -17,9 +32,6 @@ GPT2_PATTERN = (
     r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++"""
     r"""|\s++$|\s+(?!\S)|\s"""
 )
-
-
-import heapq
 
 
 def bpe_merge(
@@ -32,7 +44,7 @@ def bpe_merge(
     >>> bpe_merge(b"abcd", {b"a": 0, b"b": 1, b"c": 2, b"d": 3, b"bc": 4, b"ab": 5})
     [b'a', b'bc', b'd']
     """
-    parts: list[bytes | None] = [data[i : i + 1] for i in range(len(data))]
+    parts = [data[i : i + 1] for i in range(len(data))]  # b"" once merged away
     if len(parts) < 2:
         return parts
     nxt = list(range(1, len(parts))) + [-1]  # linked list over positions; a merge
@@ -48,10 +60,10 @@ def bpe_merge(
         if max_rank is not None and rank >= max_rank:
             break
         j = nxt[i]
-        if parts[i] is None or j == -1 or ranks.get(parts[i] + parts[j]) != rank:
+        if not parts[i] or j == -1 or ranks.get(parts[i] + parts[j]) != rank:
             continue  # stale: this pair changed after the entry was pushed
         parts[i] += parts[j]
-        parts[j] = None
+        parts[j] = b""
         nxt[i] = nxt[j]
         if nxt[j] != -1:
             prv[nxt[j]] = i
@@ -60,14 +72,7 @@ def bpe_merge(
                 new_rank = ranks.get(parts[left] + parts[right])
                 if new_rank is not None:
                     heapq.heappush(heap, (new_rank, left))
-    return [part for part in parts if part is not None]
-
-
-import heapq
-from collections import Counter
-from itertools import pairwise
-
-import regex
+    return [part for part in parts if part]
 
 
 def train_merges(
@@ -132,22 +137,6 @@ def train_merges(
             else:
                 del pair_counts[p]
     return merges
-
-
-import base64
-import binascii
-import functools
-import json
-import os
-from collections.abc import Collection, Iterable
-from collections.abc import Set as AbstractSet
-from pathlib import Path
-from typing import Self
-
-import regex
-import tiktoken
-
-from llmbook.data import atomic_write
 
 
 class BPETokenizer:
@@ -309,8 +298,6 @@ class BPETokenizer:
     @classmethod
     def gpt2(cls) -> Self:
         """GPT-2's tokenizer: 256 bytes, 50,000 merges and `<|endoftext|>`."""
-        from llmbook.tokenizer import gpt2_tokenizer
-
         return cls.from_tiktoken(gpt2_tokenizer())
 
     def to_tiktoken(self, name: str = "llmbook-bpe") -> tiktoken.Encoding:
@@ -355,8 +342,10 @@ class BPETokenizer:
                 f"this llmbook reads version {cls.VERSION}"
             )
         try:
-            ranks = {base64.b64decode(token, validate=True): rank
-                     for token, rank in data["ranks"]}
+            ranks = {
+                base64.b64decode(token, validate=True): rank
+                for token, rank in data["ranks"]
+            }
             return cls(ranks, data["special_tokens"], data["pattern"])
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             raise ValueError(f"{path} is not a valid BPETokenizer file: {exc}") from exc
@@ -377,13 +366,13 @@ rank ends elsewhere: b'abc' becomes [b'a', b'b', b'c']
     for token, rank in ranks.items():
         if not isinstance(token, bytes) or type(rank) is not int:
             raise TypeError(f"ranks must map bytes to int ids, got {token!r}: {rank!r}")
-    for token, token_id in special_tokens.items():
-        if not isinstance(token, str) or type(token_id) is not int:
+    for name, token_id in special_tokens.items():
+        if not isinstance(name, str) or type(token_id) is not int:
             raise TypeError(
-                f"special tokens must map strings to int ids, got {token!r}: "
+                f"special tokens must map strings to int ids, got {name!r}: "
                 f"{token_id!r}"
             )
-        if not token:
+        if not name:
             raise ValueError("a special token cannot be the empty string")
     missing = sum(bytes([b]) not in ranks for b in range(256))
     if missing:
@@ -400,8 +389,11 @@ rank ends elsewhere: b'abc' becomes [b'a', b'b', b'c']
             f"special tokens need ids of their own, from {len(ranks)} on (after the "
             f"ranks); got {special_tokens}"
         )
-    unreachable = [(token, parts) for token in ranks if len(token) > 1
-                   and len(parts := bpe_merge(token, ranks)) > 1]
+    unreachable = [
+        (token, parts)
+        for token in ranks
+        if len(token) > 1 and len(parts := bpe_merge(token, ranks)) > 1
+    ]
     if unreachable:
         token, parts = unreachable[0]
         raise ValueError(

@@ -4,9 +4,19 @@
 
 """Finetuning a GPT as a classifier: spam data, a classification head (chapter 8)."""
 
+import json
+import operator
+import os
 import random
 
-from llmbook.data import data_file
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from llmbook.data import check_sizes, check_token_ids, data_file
+from llmbook.model import GPTConfig, GPTModel
+from llmbook.tokenizer import gpt2_tokenizer
+from llmbook.train import load_weights, open_safetensors, save_model
 
 SPAM_LABELS = {"ham": 0, "spam": 1}
 
@@ -65,14 +75,6 @@ def load_spam_splits(seed: int = 123, path=None):
     return split_examples(balance_classes(read_spam_collection(path), seed))
 
 
-import operator
-
-import torch
-from torch.utils.data import Dataset
-
-from llmbook.data import check_sizes
-
-
 class ClassificationDataset(Dataset):
     """Texts as right-padded token ids (max_length,), each with its label.
 
@@ -96,8 +98,6 @@ class ClassificationDataset(Dataset):
         num_classes: int = 2,
     ):
         if tokenizer is None:
-            from llmbook.tokenizer import gpt2_tokenizer
-
             tokenizer = gpt2_tokenizer()
         texts = list(texts)
         try:  # int() would turn a label of 0.7 into 0 without a word
@@ -132,13 +132,15 @@ class ClassificationDataset(Dataset):
         return self.inputs[index], self.labels[index]
 
 
-import torch
-from torch.utils.data import DataLoader
-
-
 def create_classification_loaders(
-    train, val, test, tokenizer=None, batch_size: int = 8, seed: int = 123,
-    max_length: int | None = None, num_classes: int = 2,
+    train,
+    val,
+    test,
+    tokenizer=None,
+    batch_size: int = 8,
+    seed: int = 123,
+    max_length: int | None = None,
+    num_classes: int = 2,
 ):
     """Loaders of (ids (B, L), labels (B,)) for three lists of (text, label).
 
@@ -146,25 +148,25 @@ def create_classification_loaders(
     training text. Only the training loader shuffles (seeded) and drops a last
     partial batch.
     """
+
     def dataset(examples, max_length):
         if not examples:
             raise ValueError("every split needs at least one (text, label) example")
         texts, labels = zip(*examples, strict=True)
-        return ClassificationDataset(texts, labels, tokenizer, max_length,
-                                     num_classes=num_classes)
+        return ClassificationDataset(
+            texts, labels, tokenizer, max_length, num_classes=num_classes
+        )
 
     train_data = dataset(train, max_length)
     max_length = train_data.max_length
     generator = torch.Generator().manual_seed(seed)
     return (
-        DataLoader(train_data, batch_size, shuffle=True, drop_last=True,
-                   generator=generator),
+        DataLoader(
+            train_data, batch_size, shuffle=True, drop_last=True, generator=generator
+        ),
         DataLoader(dataset(val, max_length), batch_size),
         DataLoader(dataset(test, max_length), batch_size),
     )
-
-
-from torch import nn
 
 
 def add_classification_head(model, num_classes: int = 2, trainable_blocks: int = 1):
@@ -191,11 +193,9 @@ def add_classification_head(model, num_classes: int = 2, trainable_blocks: int =
     return model
 
 
-import torch
-
-
-def classification_logits(model, input_ids, pad_token_id: int = 50256,
-                          token: str = "last") -> torch.Tensor:
+def classification_logits(
+    model, input_ids, pad_token_id: int = 50256, token: str = "last"
+) -> torch.Tensor:
     """Class logits (B, num_classes) for the rows of `input_ids` (B, T).
 
     `token="last"` reads the output at each row's last token that is not padding,
@@ -216,14 +216,14 @@ def classification_logits(model, input_ids, pad_token_id: int = 50256,
     return logits[rows, last]  # (B, num_classes)
 
 
-import torch
-
-from llmbook.data import check_token_ids
-
-
-def calc_classification_loss(input_batch, target_batch, model, device,
-                             pad_token_id: int = 50256,
-                             token: str = "last") -> torch.Tensor:
+def calc_classification_loss(
+    input_batch,
+    target_batch,
+    model,
+    device,
+    pad_token_id: int = 50256,
+    token: str = "last",
+) -> torch.Tensor:
     """Cross-entropy of a batch's class logits against its labels (a scalar).
 
     Has the signature of `calc_loss_batch`, so it can be `train_model`'s `loss_fn`.
@@ -248,8 +248,14 @@ def calc_classification_loss(input_batch, target_batch, model, device,
 
 
 @torch.no_grad()
-def calc_accuracy_loader(loader, model, device, num_batches=None,
-                         pad_token_id: int = 50256, token: str = "last") -> float:
+def calc_accuracy_loader(
+    loader,
+    model,
+    device,
+    num_batches=None,
+    pad_token_id: int = 50256,
+    token: str = "last",
+) -> float:
     """The share of rightly classified texts in the first `num_batches` batches of
     `loader` (default: all), computed with dropout off."""
     if len(loader) == 0:
@@ -260,20 +266,24 @@ def calc_accuracy_loader(loader, model, device, num_batches=None,
     for i, (input_batch, target_batch) in enumerate(loader):
         if i == num_batches:
             break
-        logits = classification_logits(model, input_batch.to(device), pad_token_id,
-                                       token)  # (B, num_classes)
+        logits = classification_logits(
+            model, input_batch.to(device), pad_token_id, token
+        )  # (B, num_classes)
         correct += (logits.argmax(dim=-1) == target_batch.to(device)).sum().item()
         total += len(target_batch)
     model.train(was_training)
     return correct / total
 
 
-import torch
-
-
 @torch.no_grad()
-def classify(text: str, model, tokenizer=None, max_length: int | None = None,
-             pad_token_id: int = 50256, truncate: bool = False) -> tuple[int, float]:
+def classify(
+    text: str,
+    model,
+    tokenizer=None,
+    max_length: int | None = None,
+    pad_token_id: int = 50256,
+    truncate: bool = False,
+) -> tuple[int, float]:
     """The most likely class of `text` and its probability, as (label, probability).
 
     A text of more than `max_length` tokens (default and upper bound: the model's
@@ -281,8 +291,6 @@ def classify(text: str, model, tokenizer=None, max_length: int | None = None,
     tokens are classified.
     """
     if tokenizer is None:
-        from llmbook.tokenizer import gpt2_tokenizer
-
         tokenizer = gpt2_tokenizer()
     context = model.cfg.context_length
     max_length = context if max_length is None else max_length
@@ -306,14 +314,7 @@ def classify(text: str, model, tokenizer=None, max_length: int | None = None,
     logits = classification_logits(model, input_ids, pad_token_id)  # (1, classes)
     model.train(was_training)
     probability, label = torch.softmax(logits[0], dim=-1).max(dim=-1)
-    return label.item(), probability.item()
-
-
-import json
-import os
-
-from llmbook.model import GPTConfig, GPTModel
-from llmbook.train import load_weights, open_safetensors, save_model
+    return int(label), float(probability)
 
 
 def save_classifier(model, path: str | os.PathLike) -> None:

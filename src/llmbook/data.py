@@ -8,7 +8,9 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
+import numbers
 import os
 import urllib.error
 import urllib.request
@@ -17,6 +19,11 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from llmbook.tokenizer import gpt2_tokenizer
 
 
 @dataclass(frozen=True)
@@ -116,8 +123,11 @@ def _download(name: str, source: DataSource, dest: Path, corrupt: bool = False) 
         with urllib.request.urlopen(source.url, timeout=60) as response:
             payload = response.read()
     except (urllib.error.URLError, OSError) as exc:
-        problem = (f"the cached copy {dest} of {name} is corrupt (its checksum does "
-                   "not match)" if corrupt else f"{name} is not available locally")
+        problem = (
+            f"the cached copy {dest} of {name} is corrupt (its checksum does not match)"
+            if corrupt
+            else f"{name} is not available locally"
+        )
         raise DataFileError(
             f"{problem} and could not be downloaded from {source.url} ({exc}). Put a "
             f"copy of {name} in a folder and set the environment variable "
@@ -168,10 +178,6 @@ def data_file(name: str, path: str | os.PathLike | None = None) -> Path:
     return _download(name, source, cached, corrupt=cached.is_file())  # replaces it
 
 
-import inspect
-import numbers
-
-
 def check_sizes(**sizes) -> None:
     """Raise unless every keyword argument is a positive integer.
 
@@ -194,10 +200,6 @@ def encode_text(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text)  # e.g. SimpleTokenizerV2: specials built in
 
 
-import torch
-from torch.utils.data import DataLoader, Dataset
-
-
 class GPTDataset(Dataset):
     """Input/target pairs cut from one text by a sliding window of token ids.
 
@@ -213,8 +215,6 @@ class GPTDataset(Dataset):
     def __init__(self, text: str, max_length: int, stride: int, tokenizer=None):
         check_sizes(max_length=max_length, stride=stride)
         if tokenizer is None:
-            from llmbook.tokenizer import gpt2_tokenizer
-
             tokenizer = gpt2_tokenizer()
         ids = encode_text(tokenizer, text)
         if len(ids) < max_length + 1:
@@ -236,10 +236,6 @@ class GPTDataset(Dataset):
         start = index * self.stride
         window = self.token_ids[start : start + self.max_length + 1]  # a view
         return window[:-1], window[1:]  # input (max_length,), target (max_length,)
-
-
-import torch
-from torch.utils.data import DataLoader
 
 
 def create_dataloader(
@@ -276,9 +272,6 @@ def create_dataloader(
         num_workers=num_workers,
         generator=generator,
     )
-
-
-import torch
 
 
 def check_token_ids(ids: torch.Tensor, vocab_size: int) -> None:

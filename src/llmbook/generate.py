@@ -12,13 +12,16 @@ import torch
 from llmbook.data import check_token_ids
 
 
-def check_prompt(idx: torch.Tensor, max_new_tokens: int, context_size: int,
-                 model: torch.nn.Module) -> None:
+def check_prompt(
+    idx: torch.Tensor, max_new_tokens: int, context_size: int, model: torch.nn.Module
+) -> None:
     """Raise for a token budget or context size that is not a whole number the
     model can take, or a prompt without tokens or with ids outside the vocabulary.
     This is where ids enter generation, so their values are checked here, once."""
-    for name, value in [("max_new_tokens", max_new_tokens),
-                        ("context_size", context_size)]:
+    for name, value in [
+        ("max_new_tokens", max_new_tokens),
+        ("context_size", context_size),
+    ]:
         if not isinstance(value, numbers.Integral) or isinstance(value, bool):
             raise TypeError(f"{name} must be an integer, got {value!r}")
     if max_new_tokens < 0:
@@ -56,9 +59,6 @@ def generate_text_simple(
         next_id = logits[:, -1, :].argmax(dim=-1, keepdim=True)  # (B, 1)
         idx = torch.cat([idx, next_id], dim=1)  # (B, T + 1)
     return idx
-
-
-import torch
 
 
 @torch.no_grad()
@@ -112,6 +112,8 @@ def generate(
         if eos_id is not None and finished.all():
             break
     if nonfinite:
-        raise FloatingPointError("the model produced NaN logits, so the generated "
-                                 "tokens mean nothing; check the weights")
+        raise FloatingPointError(
+            "the model produced NaN logits, so the generated "
+            "tokens mean nothing; check the weights"
+        )
     return idx

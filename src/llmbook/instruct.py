@@ -4,9 +4,20 @@
 
 """Instruction finetuning: prompts, batches, responses, evaluation (chapter 9)."""
 
+import functools
 import json
+import re
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from llmbook.data import data_file
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from llmbook.data import atomic_write, data_file
+from llmbook.generate import generate
+from llmbook.tokenizer import gpt2_tokenizer
 
 PREAMBLE = (
     "Below is an instruction that describes a task. Write a response that "
@@ -40,8 +51,9 @@ def check_entries(entries) -> list[dict]:
     return list(entries)
 
 
-def load_instruction_splits(path=None, train_frac: float = 0.85,
-                            test_frac: float = 0.05):
+def load_instruction_splits(
+    path=None, train_frac: float = 0.85, test_frac: float = 0.05
+):
     """The instruction dataset cut in order into training, validation and test
     entries: 85%, 10% and 5% (935, 110 and 55 of the 1,100 entries).
 
@@ -54,12 +66,11 @@ def load_instruction_splits(path=None, train_frac: float = 0.85,
     n_train = int(train_frac * len(entries))
     n_test = int(test_frac * len(entries))
     n_val = len(entries) - n_train - n_test
-    return (entries[:n_train], entries[n_train : n_train + n_val],
-            entries[n_train + n_val :])
-
-
-import torch
-from torch.utils.data import Dataset
+    return (
+        entries[:n_train],
+        entries[n_train : n_train + n_val],
+        entries[n_train + n_val :],
+    )
 
 
 class InstructionDataset(Dataset):
@@ -74,8 +85,6 @@ class InstructionDataset(Dataset):
 
     def __init__(self, entries, tokenizer=None):
         if tokenizer is None:
-            from llmbook.tokenizer import gpt2_tokenizer
-
             tokenizer = gpt2_tokenizer()
         self.items = []
         for entry in check_entries(entries):
@@ -90,9 +99,14 @@ class InstructionDataset(Dataset):
         return self.items[index]
 
 
-def instruction_collate(batch, pad_token_id: int = 50256, ignore_index: int = -100,
-                        allowed_max_length: int | None = None,
-                        mask_prompt: bool = False, device="cpu"):
+def instruction_collate(
+    batch,
+    pad_token_id: int = 50256,
+    ignore_index: int = -100,
+    allowed_max_length: int | None = None,
+    mask_prompt: bool = False,
+    device="cpu",
+):
     """Inputs and targets (B, T) for a batch of token id lists.
 
     Each sequence gets one `pad_token_id` (<|endoftext|>) at its end, so the model
@@ -110,8 +124,9 @@ def instruction_collate(batch, pad_token_id: int = 50256, ignore_index: int = -1
     """
     items = [item if isinstance(item, tuple) else (item, None) for item in batch]
     if mask_prompt and any(length is None for _, length in items):
-        raise ValueError("mask_prompt needs (ids, prompt_length) items, as "
-                         "InstructionDataset gives")
+        raise ValueError(
+            "mask_prompt needs (ids, prompt_length) items, as InstructionDataset gives"
+        )
     if allowed_max_length is not None:
         for i, (_, length) in enumerate(items):
             if length is not None and length > allowed_max_length:
@@ -126,7 +141,7 @@ def instruction_collate(batch, pad_token_id: int = 50256, ignore_index: int = -1
         padded = list(ids) + [pad_token_id] * (longest - len(ids))
         x = torch.tensor(padded[:-1])  # (longest - 1,)
         y = torch.tensor(padded[1:])  # (longest - 1,)
-        y[len(ids):] = ignore_index  # padding, but the first end-of-text stays
+        y[len(ids) :] = ignore_index  # padding, but the first end-of-text stays
         if mask_prompt:
             y[: prompt_length - 1] = ignore_index  # the prompt's own tokens
         inputs.append(x[:allowed_max_length])
@@ -134,14 +149,9 @@ def instruction_collate(batch, pad_token_id: int = 50256, ignore_index: int = -1
     return torch.stack(inputs).to(device), torch.stack(targets).to(device)
 
 
-import functools
-
-import torch
-from torch.utils.data import DataLoader
-
-
-def create_instruction_loaders(train, val, tokenizer=None, batch_size: int = 8,
-                               seed: int = 123, **collate_options):
+def create_instruction_loaders(
+    train, val, tokenizer=None, batch_size: int = 8, seed: int = 123, **collate_options
+):
     """Training and validation loaders of (inputs, targets) from two entry lists.
 
     The training loader shuffles (seeded) and drops a last partial batch;
@@ -150,16 +160,17 @@ def create_instruction_loaders(train, val, tokenizer=None, batch_size: int = 8,
     collate = functools.partial(instruction_collate, **collate_options)
     generator = torch.Generator().manual_seed(seed)
     return (
-        DataLoader(InstructionDataset(train, tokenizer), batch_size, shuffle=True,
-                   drop_last=True, collate_fn=collate, generator=generator),
-        DataLoader(InstructionDataset(val, tokenizer), batch_size,
-                   collate_fn=collate),
+        DataLoader(
+            InstructionDataset(train, tokenizer),
+            batch_size,
+            shuffle=True,
+            drop_last=True,
+            collate_fn=collate,
+            generator=generator,
+        ),
+        DataLoader(InstructionDataset(val, tokenizer), batch_size, collate_fn=collate),
     )
 
-
-import torch
-
-from llmbook.generate import generate
 
 RESPONSE_HEADER = "\n\n### Response:\n"
 
@@ -174,13 +185,17 @@ def extract_response(generated: str, prompt: str) -> str:
 
 
 @torch.no_grad()
-def generate_responses(model, entries, tokenizer=None, max_new_tokens: int = 64,
-                       device="cpu", eos_id: int = 50256) -> list[dict]:
+def generate_responses(
+    model,
+    entries,
+    tokenizer=None,
+    max_new_tokens: int = 64,
+    device="cpu",
+    eos_id: int = 50256,
+) -> list[dict]:
     """Copies of `entries`, each with a `model_response`: the greedy answer of
     `model` to its prompt, stopped at `eos_id` or after `max_new_tokens`."""
     if tokenizer is None:
-        from llmbook.tokenizer import gpt2_tokenizer
-
         tokenizer = gpt2_tokenizer()
     context = model.cfg.context_length
     was_training = model.training
@@ -194,19 +209,18 @@ def generate_responses(model, entries, tokenizer=None, max_new_tokens: int = 64,
                 f"entry {i}: its prompt has {len(ids)} tokens, which leaves no room "
                 f"for an answer in the model's context of {context}"
             )
-        out = generate(model, torch.tensor([ids], device=device), max_new_tokens,
-                       context, eos_id=eos_id)  # (1, len(ids) + new tokens)
+        out = generate(
+            model,
+            torch.tensor([ids], device=device),
+            max_new_tokens,
+            context,
+            eos_id=eos_id,
+        )  # (1, len(ids) + new tokens)
         generated = tokenizer.decode(out[0].tolist())
         response = extract_response(generated, prompt)
         answered.append({**entry, "model_response": response})
     model.train(was_training)
     return answered
-
-
-import json
-from pathlib import Path
-
-from llmbook.data import atomic_write
 
 
 def save_json(data, path) -> Path:
@@ -222,19 +236,14 @@ def rouge_l(entries, key: str = "model_response") -> float:
     try:
         from rouge_score import rouge_scorer
     except ImportError as exc:
-        raise ImportError("rouge_l needs the rouge-score package: "
-                          "pip install rouge-score") from exc
+        raise ImportError(
+            "rouge_l needs the rouge-score package: pip install rouge-score"
+        ) from exc
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     scores = [scorer.score(e["output"], e[key])["rougeL"].fmeasure for e in entries]
     return sum(scores) / len(scores)
 
-
-import json
-import re
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
 
 JUDGE_PROMPT = (
     "Given the input `{prompt}` and the correct output `{output}`, score the "
@@ -243,8 +252,10 @@ JUDGE_PROMPT = (
 )
 JUDGE_APIS = {  # api -> (path, where the answer's text is in the reply)
     "ollama": ("/api/chat", lambda reply: reply["message"]["content"]),
-    "openai": ("/v1/chat/completions",
-               lambda reply: reply["choices"][0]["message"]["content"]),
+    "openai": (
+        "/v1/chat/completions",
+        lambda reply: reply["choices"][0]["message"]["content"],
+    ),
 }
 
 
@@ -277,42 +288,55 @@ def parse_score(answer: str) -> int | None:
     return None
 
 
-def ask_judge(prompt: str, url: str, model: str, api: str = "ollama",
-              timeout: float = 120.0) -> str:
+def ask_judge(
+    prompt: str, url: str, model: str, api: str = "ollama", timeout: float = 120.0
+) -> str:
     """Send one user message to a chat server and return the text of its reply."""
     if api not in JUDGE_APIS:
         raise ValueError(f"api must be one of {sorted(JUDGE_APIS)}, got {api!r}")
     path, read_answer = JUDGE_APIS[api]
-    payload = {"model": model, "messages": [{"role": "user", "content": prompt}]}
+    payload: dict[str, object] = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+    }
     if api == "ollama":
         payload |= {"stream": False, "options": {"temperature": 0, "seed": 123}}
     else:
         payload |= {"temperature": 0, "seed": 123}
     request = urllib.request.Request(
-        url.rstrip("/") + path, data=json.dumps(payload).encode(),
+        url.rstrip("/") + path,
+        data=json.dumps(payload).encode(),
         headers={"Content-Type": "application/json"},
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             reply = json.loads(response.read().decode("utf-8"))
     except urllib.error.HTTPError as exc:
-        raise RuntimeError(f"the judge at {url} answered {exc.code} {exc.reason} "
-                           f"for model {model!r}") from exc
+        raise RuntimeError(
+            f"the judge at {url} answered {exc.code} {exc.reason} for model {model!r}"
+        ) from exc
     except (urllib.error.URLError, OSError) as exc:
-        start = ("start one with `ollama serve`, then `ollama pull " + model + "`"
-                 if api == "ollama" else
-                 "start an OpenAI-compatible server there (llama.cpp's "
-                 "llama-server or vLLM, say)")
+        start = (
+            "start one with `ollama serve`, then `ollama pull " + model + "`"
+            if api == "ollama"
+            else "start an OpenAI-compatible server there (llama.cpp's "
+            "llama-server or vLLM, say)"
+        )
         raise ConnectionError(f"no judge answers at {url} ({exc}); {start}") from exc
     try:
         return str(read_answer(reply))
     except (KeyError, IndexError, TypeError) as exc:
-        raise RuntimeError(f"the judge at {url} sent a reply without an answer: "
-                           f"{str(reply)[:200]}") from exc
+        raise RuntimeError(
+            f"the judge at {url} sent a reply without an answer: {str(reply)[:200]}"
+        ) from exc
 
 
-def score_responses(entries, url: str = "http://localhost:11434",
-                    model: str = "llama3", api: str = "ollama") -> JudgeScores:
+def score_responses(
+    entries,
+    url: str = "http://localhost:11434",
+    model: str = "llama3",
+    api: str = "ollama",
+) -> JudgeScores:
     """Ask a judge model to score each entry's `model_response` from 0 to 100.
 
     An answer without a number is kept with the score None (see
@@ -320,9 +344,11 @@ def score_responses(entries, url: str = "http://localhost:11434",
     """
     result = JudgeScores()
     for entry in entries:
-        prompt = JUDGE_PROMPT.format(prompt=format_input(entry),
-                                     output=entry["output"],
-                                     response=entry["model_response"])
+        prompt = JUDGE_PROMPT.format(
+            prompt=format_input(entry),
+            output=entry["output"],
+            response=entry["model_response"],
+        )
         answer = ask_judge(prompt, url, model, api)
         result.answers.append(answer)
         result.scores.append(parse_score(answer))

@@ -5,10 +5,13 @@
 """The GPT model: configuration, layer norm, GELU, blocks and the model (chapter 6)."""
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from llmbook.attention import MultiHeadAttention
 
 
 @dataclass(frozen=True)
@@ -33,8 +36,9 @@ class GPTConfig:
                 raise ValueError(f"{name} must be positive, got {value}")
         for name in ["qkv_bias", "tie_weights"]:
             if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be True or False, got "
-                                f"{getattr(self, name)!r}")
+                raise TypeError(
+                    f"{name} must be True or False, got {getattr(self, name)!r}"
+                )
         rate = self.drop_rate
         if not isinstance(rate, int | float) or isinstance(rate, bool):
             raise TypeError(f"drop_rate must be a number, got {rate!r}")
@@ -62,10 +66,6 @@ PRESETS = {
 }
 
 
-import torch
-from torch import nn
-
-
 class LayerNorm(nn.Module):
     """Normalise each vector to mean 0 and variance 1, then scale and shift."""
 
@@ -79,12 +79,6 @@ class LayerNorm(nn.Module):
         mean = x.mean(dim=-1, keepdim=True)
         var = x.var(dim=-1, keepdim=True, unbiased=False)  # biased, like GPT-2
         return self.scale * (x - mean) / torch.sqrt(var + self.eps) + self.shift
-
-
-import math
-
-import torch
-from torch import nn
 
 
 class GELU(nn.Module):
@@ -108,12 +102,6 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
-
-
-import torch
-from torch import nn
-
-from llmbook.attention import MultiHeadAttention
 
 
 class TransformerBlock(nn.Module):
@@ -140,12 +128,6 @@ class TransformerBlock(nn.Module):
         return x
 
 
-import math
-
-import torch
-from torch import nn
-
-
 class GPTModel(nn.Module):
     """A GPT-2 style decoder: ids (B, T) -> next-token logits (B, T, vocab_size).
 
@@ -167,9 +149,9 @@ class GPTModel(nn.Module):
         self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
         self.apply(self._init_weights)
         residual_std = 0.02 / math.sqrt(2 * cfg.n_layers)
-        for block in self.trf_blocks:
-            nn.init.normal_(block.att.out_proj.weight, std=residual_std)
-            nn.init.normal_(block.ff.layers[2].weight, std=residual_std)
+        for name, param in self.trf_blocks.named_parameters():
+            if name.endswith(("att.out_proj.weight", "ff.layers.2.weight")):
+                nn.init.normal_(param, std=residual_std)  # they feed a shortcut
         if cfg.tie_weights:
             self.out_head.weight = self.tok_emb.weight
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+import tiktoken
+
 # A double dash, any other single punctuation character, the underscore, or whitespace.
 SPLIT_PATTERN = re.compile(r"(--|[^\w\s]|_|\s)")
 UNKNOWN = "<|unk|>"
@@ -109,9 +111,6 @@ class SimpleTokenizerV1:
         return join_pieces(lookup_ids(ids, self.int_to_str))
 
 
-import re
-
-
 class SimpleTokenizerV2:
     """Like SimpleTokenizerV1, but unknown pieces become `<|unk|>`.
 
@@ -149,9 +148,6 @@ class SimpleTokenizerV2:
 
     def decode(self, ids: list[int]) -> str:
         return join_pieces(lookup_ids(ids, self.int_to_str))
-
-
-import tiktoken
 
 
 def gpt2_tokenizer() -> tiktoken.Encoding:

@@ -4,9 +4,22 @@
 
 """Training: the loss, a training loop, checkpoints that resume exactly (chapter 7)."""
 
-import torch
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from llmbook.data import check_token_ids
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
+from llmbook.data import atomic_write, check_token_ids, file_sha256
+from llmbook.model import GPTConfig, GPTModel
 
 
 def calc_loss_batch(input_batch, target_batch, model, device) -> torch.Tensor:
@@ -21,8 +34,8 @@ def calc_loss_batch(input_batch, target_batch, model, device) -> torch.Tensor:
     target_batch = target_batch.to(device)  # (B, T)
     logits = model(input_batch)  # (B, T, V)
     return torch.nn.functional.cross_entropy(
-        logits.flatten(0, 1), target_batch.flatten()  # (B*T, V) and (B*T,)
-    )
+        logits.flatten(0, 1), target_batch.flatten()
+    )  # over all B*T positions: logits (B*T, V), targets (B*T,)
 
 
 def calc_loss_loader(
@@ -47,23 +60,13 @@ def calc_loss_loader(
     return total / num_batches
 
 
-import hashlib
-import shutil
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-
-import torch
-from tqdm.auto import tqdm
-
-
 @dataclass
 class TrainingConfig:
     """Settings of `train_model`; the optimizer is made by the caller."""
 
     num_epochs: int = 10  # passes over the training loader
     eval_freq: int = 5  # evaluate every this many optimizer steps
-    eval_iter: int = 5  # batches per loss estimate (None: whole loaders)
+    eval_iter: int | None = 5  # batches per loss estimate (None: whole loaders)
     checkpoint_dir: str | Path | None = None  # where checkpoints go, if anywhere
     checkpoint_every: int | None = None  # steps between checkpoints
     keep_checkpoints: int = 2  # older ones are deleted
@@ -120,13 +123,17 @@ def describe_data(loader) -> dict:
                 digest.update(part.cpu().numpy().tobytes())
             else:
                 digest.update(repr(part).encode())
-    return {"batch_size": loader.batch_size, "batches": len(loader),
-            "samples": len(dataset), "sha256": digest.hexdigest()[:16]}
+    return {
+        "batch_size": loader.batch_size,
+        "batches": len(loader),
+        "samples": len(dataset),
+        "sha256": digest.hexdigest()[:16],
+    }
 
 
 def _rng_states(loader) -> dict:
     """Everything random in a training step: PyTorch's generators and the loader's."""
-    states = {"torch": torch.get_rng_state()}
+    states: dict[str, object] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     if loader.generator is not None:
@@ -240,8 +247,14 @@ def train_model(
                     "data": describe_data(train_loader),
                 }
                 rng = {"epoch_rng": epoch_rng, "rng": _rng_states(train_loader)}
-                save_checkpoint(config.checkpoint_dir, model, optimizer, state, rng,
-                                keep=config.keep_checkpoints)
+                save_checkpoint(
+                    config.checkpoint_dir,
+                    model,
+                    optimizer,
+                    state,
+                    rng,
+                    keep=config.keep_checkpoints,
+                )
             if step >= total:
                 break
         if batch_in_epoch == len(train_loader):  # the epoch is complete
@@ -267,19 +280,6 @@ def check_finite(diverged: torch.Tensor, checkpoint_dir=None) -> None:
         f"the training loss became NaN or infinite at step {first}, so training "
         f"stopped{where}. Lower the learning rate, or check the data and the loss"
     )
-
-
-import json
-import os
-import shutil
-import tempfile
-from pathlib import Path
-
-import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
-
-from llmbook.data import atomic_write
 
 
 def open_safetensors(path: str | os.PathLike):
@@ -309,8 +309,11 @@ def save_model(model, path: str | os.PathLike, metadata: dict | None = None) -> 
     how many classes a classifier has).
     """
     path = Path(path)
-    metadata = {"format": "llmbook-gpt", "config": json.dumps(vars(model.cfg)),
-                **(metadata or {})}
+    metadata = {
+        "format": "llmbook-gpt",
+        "config": json.dumps(vars(model.cfg)),
+        **(metadata or {}),
+    }
     state = _state_to_save(model)
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
@@ -331,8 +334,11 @@ def shape_problems(expected: dict, found: dict, source: str) -> list[str]:
 def problem_report(what: str, problems: list[str]) -> str:
     """`what` followed by the first 20 problems, one per line."""
     count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
-    return (f"{what} ({count}):\n  " + "\n  ".join(problems[:20])
-            + ("\n  ..." if len(problems) > 20 else ""))
+    return (
+        f"{what} ({count}):\n  "
+        + "\n  ".join(problems[:20])
+        + ("\n  ..." if len(problems) > 20 else "")
+    )
 
 
 def load_weights(model, path: str | os.PathLike) -> None:
@@ -353,37 +359,27 @@ def load_weights(model, path: str | os.PathLike) -> None:
                 if key in saved and key != "drop_rate" and saved[key] != value
             ]
         if problems:
-            raise ValueError(problem_report(f"{path} does not fit this model",
-                                            problems))
+            raise ValueError(
+                problem_report(f"{path} does not fit this model", problems)
+            )
         state = {k: f.get_tensor(k) for k in expected}
     model.load_state_dict(state, strict="out_head.weight" in expected)
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """Rebuild the GPTModel stored by save_model (config and weights)."""
-    from llmbook.model import GPTConfig, GPTModel
-
     with open_safetensors(path) as f:
         metadata = f.metadata() or {}
     if metadata.get("format") != "llmbook-gpt":
         raise ValueError(f"{path} was not written by llmbook's save_model")
     if "num_classes" in metadata:
-        raise ValueError(f"{path} holds a classifier with {metadata['num_classes']} "
-                         "classes: load it with llmbook.classify.load_classifier")
+        raise ValueError(
+            f"{path} holds a classifier with {metadata['num_classes']} "
+            "classes: load it with llmbook.classify.load_classifier"
+        )
     model = GPTModel(GPTConfig(**json.loads(metadata["config"])))
     load_weights(model, path)
     return model.to(device)
-
-
-import json
-import os
-import shutil
-import tempfile
-from pathlib import Path
-
-import torch
-
-from llmbook.data import file_sha256
 
 
 def _step_of(folder: Path) -> int:
@@ -407,8 +403,9 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(directory, model, optimizer, state: dict, rng: dict | None = None,
-                    keep: int = 2) -> Path:
+def save_checkpoint(
+    directory, model, optimizer, state: dict, rng: dict | None = None, keep: int = 2
+) -> Path:
     """Save model, optimizer, `state` and random states as one checkpoint folder.
 
     `state` (which holds "step") must be plain JSON: it is checked before anything

@@ -7,10 +7,15 @@
 import json
 import os
 import pickle
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
+from llmbook.data import cache_dir as data_cache_dir
+from llmbook.model import GPTConfig
 from llmbook.train import problem_report, shape_problems
 
 # Hugging Face GPT-2 name -> our name; "{}" is the block number.
@@ -93,7 +98,7 @@ def _from_hf(state: dict) -> tuple[dict, list[str]]:
 
 
 def detect_layout(state: dict) -> str:
-    """"hf" for Hugging Face GPT-2 names, "book" for the book's GPTModel names."""
+    """The naming of a state dict: "hf" (Hugging Face GPT-2) or "book" (GPTModel)."""
     keys = {k.removeprefix("transformer.") for k in state}
     if "wte.weight" in keys:
         return "hf"
@@ -124,12 +129,18 @@ def load_gpt2_weights(model, source) -> None:
     if tied and "out_head.weight" not in state:  # e.g. a file save_model wrote
         del ours["out_head.weight"]  # the embedding, loaded as tok_emb.weight
     state = {k: v for k, v in state.items() if not k.endswith(".mask")}
-    problems = shape_problems({k: v.shape for k, v in ours.items()},
-                              {k: v.shape for k, v in state.items()}, "the checkpoint")
+    problems = shape_problems(
+        {k: v.shape for k, v in ours.items()},
+        {k: v.shape for k, v in state.items()},
+        "the checkpoint",
+    )
     problems += [f"not in the model: {k}" for k in unused]
     head, embedding = state.get("out_head.weight"), state.get("tok_emb.weight")
-    if tied and head is not None and embedding is not None and not (
-        head.shape == embedding.shape and torch.equal(head, embedding)
+    if (
+        tied
+        and head is not None
+        and embedding is not None
+        and not (head.shape == embedding.shape and torch.equal(head, embedding))
     ):
         problems.append(
             "out_head.weight differs from tok_emb.weight in the checkpoint, but "
@@ -149,10 +160,8 @@ def load_gpt2_weights(model, source) -> None:
 
 def config_from_hf(config: dict | str | os.PathLike):
     """The GPTConfig of a Hugging Face GPT-2 config.json (a dict or its path)."""
-    from llmbook.model import GPTConfig
-
     if not isinstance(config, dict):
-        config = json.loads(Path(config).read_text(encoding="utf-8"))
+        config = dict(json.loads(Path(config).read_text(encoding="utf-8")))
     return GPTConfig(
         vocab_size=config["vocab_size"],
         context_length=config["n_positions"],
@@ -164,13 +173,6 @@ def config_from_hf(config: dict | str | os.PathLike):
         tie_weights=True,
     )
 
-
-import os
-import urllib.error
-import urllib.request
-from pathlib import Path
-
-from tqdm.auto import tqdm
 
 # The four official sizes on Hugging Face, with the approximate size of their weights.
 GPT2_CHECKPOINTS = {
@@ -200,16 +202,25 @@ def download_file(url: str, dest: Path, progress: bool = True) -> Path:
             done = 0
         total = response.headers.get("Content-Length")
         total = done + int(total) if total is not None else None
-        with open(part, "ab" if done else "wb") as f, tqdm(
-            total=total, initial=done, unit="B", unit_scale=True,
-            desc=dest.name, disable=not progress,
-        ) as bar:
+        with (
+            open(part, "ab" if done else "wb") as f,
+            tqdm(
+                total=total,
+                initial=done,
+                unit="B",
+                unit_scale=True,
+                desc=dest.name,
+                disable=not progress,
+            ) as bar,
+        ):
             while chunk := response.read(1 << 20):
                 f.write(chunk)
                 bar.update(len(chunk))
     if total is not None and part.stat().st_size != total:
-        raise OSError(f"{url}: got {part.stat().st_size} of {total} bytes; run again "
-                      "to resume the download")
+        raise OSError(
+            f"{url}: got {part.stat().st_size} of {total} bytes; run again "
+            "to resume the download"
+        )
     os.replace(part, dest)
     return dest
 
@@ -221,8 +232,6 @@ def gpt2_folder(size: str, cache_dir=None) -> Path:
         sizes = ", ".join(GPT2_CHECKPOINTS)
         raise ValueError(f"unknown GPT-2 size {size!r}; choose from {sizes}")
     if cache_dir is None:
-        from llmbook.data import cache_dir as data_cache_dir
-
         cache_dir = data_cache_dir() / "gpt2"
     return Path(cache_dir) / size
 
