@@ -97,6 +97,13 @@ class TrainingHistory:
     val_losses: list[float] = field(default_factory=list)
     samples: list = field(default_factory=list)  # one per epoch: what `sample` gave
 
+    def record(self, step: int, tokens: int, train_loss: float, val_loss: float):
+        """Add one evaluation, made after `step` steps and `tokens` tokens."""
+        self.steps.append(step)
+        self.tokens_seen.append(tokens)
+        self.train_losses.append(train_loss)
+        self.val_losses.append(val_loss)
+
 
 def evaluate(model, train_loader, val_loader, device, eval_iter, loss_fn=None):
     """Train and validation loss with dropout off and no gradients.
@@ -149,6 +156,16 @@ def _set_rng_states(states: dict, loader) -> None:
         loader.generator.set_state(states["loader"])
 
 
+@dataclass
+class _Position:
+    """Where a run stands; saved in every checkpoint and restored on resume."""
+
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # completed passes over the training loader
+    batch_in_epoch: int = 0  # batches of the current epoch already trained on
+    tokens_seen: int = 0
+
+
 def train_model(
     model,
     train_loader,
@@ -173,100 +190,132 @@ def train_model(
     loss_fn = loss_fn or calc_loss_batch
     if len(train_loader) == 0:
         raise ValueError("the training loader has no batches: nothing to train on")
-    history, step, epoch, batch_in_epoch, tokens = TrainingHistory(), 0, 0, 0, 0
-    resumed = None
-    if config.checkpoint_dir is not None:
-        earlier = latest_checkpoint(config.checkpoint_dir)
-        if earlier is not None and not resume:
-            if not config.overwrite_checkpoints:
-                raise ValueError(
-                    f"{config.checkpoint_dir} holds checkpoints of an earlier run "
-                    f"(latest: {earlier.name}); pass resume=True to continue it, or "
-                    "set overwrite_checkpoints=True to delete them and start afresh"
-                )
-            remove_checkpoints(config.checkpoint_dir)
-        elif earlier is not None:
-            resumed = load_checkpoint(config.checkpoint_dir, model, optimizer)
-            if resumed["data"] != describe_data(train_loader):
-                raise ValueError(
-                    f"{earlier} was trained on other data or batches (saved: "
-                    f"{resumed['data']}; now: {describe_data(train_loader)}); resume "
-                    "with the same data and batch size, or start afresh"
-                )
-            step, epoch = resumed["step"], resumed["epoch"]
-            batch_in_epoch, tokens = resumed["batch_in_epoch"], resumed["tokens_seen"]
-            history = TrainingHistory(**resumed["history"])
-        for leftover in Path(config.checkpoint_dir).glob(".step-*"):
-            shutil.rmtree(leftover)  # half-written by a run that was killed
+    history, at, saved_rng = _start_run(config, model, optimizer, train_loader, resume)
     total = config.num_epochs * len(train_loader)
     if config.max_steps is not None:
         total = min(total, config.max_steps)
-    bar = tqdm(total=total, initial=step, disable=not config.progress, unit="step")
-    diverged = torch.zeros((), dtype=torch.long)
+    bar = tqdm(total=total, initial=at.step, disable=not config.progress, unit="step")
+    diverged = torch.zeros((), dtype=torch.long)  # first non-finite step; 0: none
     model.train()
-    while epoch < config.num_epochs and step < total:
-        if resumed is not None:  # replay this epoch's shuffle, then skip what was done
-            _set_rng_states(resumed["epoch_rng"], train_loader)
-        epoch_rng = _rng_states(train_loader)
-        batches = iter(train_loader)
-        for _ in range(batch_in_epoch):
-            next(batches)
-        if resumed is not None:
-            _set_rng_states(resumed["rng"], train_loader)
-            resumed = None
+    while at.epoch < config.num_epochs and at.step < total:
+        batches, epoch_rng = _epoch_batches(train_loader, at.batch_in_epoch, saved_rng)
+        saved_rng = None
         for input_batch, target_batch in batches:
             optimizer.zero_grad()
             loss = loss_fn(input_batch, target_batch, model, device)
             loss.backward()
             optimizer.step()
-            step, batch_in_epoch = step + 1, batch_in_epoch + 1
-            # The first step whose loss is NaN or infinite (0: none yet), kept on
-            # the device so that no step waits for the GPU; read before saving.
-            bad = ~torch.isfinite(loss.detach())
-            diverged = torch.where((diverged.to(bad.device) == 0) & bad, step, diverged)
-            tokens += input_batch.numel()
+            at.step, at.batch_in_epoch = at.step + 1, at.batch_in_epoch + 1
+            at.tokens_seen += input_batch.numel()
+            diverged = _first_bad_step(diverged, loss, at.step)
             bar.update(1)
-            if step % config.eval_freq == 0:
+            if at.step % config.eval_freq == 0:
                 check_finite(diverged, config.checkpoint_dir)
                 train_loss, val_loss = evaluate(
                     model, train_loader, val_loader, device, config.eval_iter, loss_fn
                 )
-                history.steps.append(step)
-                history.tokens_seen.append(tokens)
-                history.train_losses.append(train_loss)
-                history.val_losses.append(val_loss)
+                history.record(at.step, at.tokens_seen, train_loss, val_loss)
                 bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
-            if config.checkpoint_every and step % config.checkpoint_every == 0:
+            if config.checkpoint_every and at.step % config.checkpoint_every == 0:
                 check_finite(diverged, config.checkpoint_dir)
-                state = {
-                    "step": step,
-                    "epoch": epoch,
-                    "batch_in_epoch": batch_in_epoch,
-                    "tokens_seen": tokens,
-                    "history": vars(history),
-                    "data": describe_data(train_loader),
-                }
-                rng = {"epoch_rng": epoch_rng, "rng": _rng_states(train_loader)}
-                save_checkpoint(
-                    config.checkpoint_dir,
-                    model,
-                    optimizer,
-                    state,
-                    rng,
-                    keep=config.keep_checkpoints,
+                _save_run(
+                    config, model, optimizer, at, history, train_loader, epoch_rng
                 )
-            if step >= total:
+            if at.step >= total:
                 break
-        if batch_in_epoch == len(train_loader):  # the epoch is complete
-            epoch, batch_in_epoch = epoch + 1, 0
+        if at.batch_in_epoch == len(train_loader):  # the epoch is complete
+            at.epoch, at.batch_in_epoch = at.epoch + 1, 0
             if sample is not None:
-                model.eval()
-                with torch.no_grad():
-                    history.samples.append(sample(model))
-                model.train()
+                history.samples.append(_sample(model, sample))
     bar.close()
     check_finite(diverged, config.checkpoint_dir)
     return history
+
+
+def _start_run(config, model, optimizer, train_loader, resume: bool):
+    """The history, position and saved random states a run starts from.
+
+    A fresh run starts at step 0, after deleting an earlier run's checkpoints only
+    if `config.overwrite_checkpoints` allows it. With `resume`, model and optimizer
+    are restored from the latest checkpoint, which must have seen the same data.
+    """
+    history, at, saved_rng = TrainingHistory(), _Position(), None
+    if config.checkpoint_dir is None:
+        return history, at, saved_rng
+    earlier = latest_checkpoint(config.checkpoint_dir)
+    if earlier is not None and not resume:
+        if not config.overwrite_checkpoints:
+            raise ValueError(
+                f"{config.checkpoint_dir} holds checkpoints of an earlier run "
+                f"(latest: {earlier.name}); pass resume=True to continue it, or "
+                "set overwrite_checkpoints=True to delete them and start afresh"
+            )
+        remove_checkpoints(config.checkpoint_dir)
+    elif earlier is not None:
+        saved = load_checkpoint(config.checkpoint_dir, model, optimizer)
+        if saved["data"] != describe_data(train_loader):
+            raise ValueError(
+                f"{earlier} was trained on other data or batches (saved: "
+                f"{saved['data']}; now: {describe_data(train_loader)}); resume "
+                "with the same data and batch size, or start afresh"
+            )
+        history = TrainingHistory(**saved["history"])
+        at = _Position(**{name: saved[name] for name in vars(_Position())})
+        saved_rng = {"epoch_rng": saved["epoch_rng"], "rng": saved["rng"]}
+    for leftover in Path(config.checkpoint_dir).glob(".step-*"):
+        shutil.rmtree(leftover)  # half-written by a run that was killed
+    return history, at, saved_rng
+
+
+def _epoch_batches(train_loader, skip: int, saved_rng: dict | None):
+    """An iterator over this epoch's batches after the first `skip`, and the random
+    states at the epoch's start (checkpoints keep them to replay its shuffle).
+
+    On resume, `saved_rng` holds a checkpoint's random states: those of its
+    epoch's start, to shuffle the same way again, and those of its step, to go on.
+    """
+    if saved_rng is not None:
+        _set_rng_states(saved_rng["epoch_rng"], train_loader)
+    epoch_rng = _rng_states(train_loader)
+    batches = iter(train_loader)
+    for _ in range(skip):
+        next(batches)
+    if saved_rng is not None:
+        _set_rng_states(saved_rng["rng"], train_loader)
+    return batches, epoch_rng
+
+
+def _first_bad_step(diverged: torch.Tensor, loss: torch.Tensor, step: int):
+    """`diverged`, or `step` if it is still 0 and `loss` is NaN or infinite.
+
+    It stays on the loss's device, so that no step waits for the GPU to answer;
+    `check_finite` reads it before every evaluation and checkpoint.
+    """
+    bad = ~torch.isfinite(loss.detach())
+    return torch.where((diverged.to(bad.device) == 0) & bad, step, diverged)
+
+
+def _save_run(config, model, optimizer, at, history, train_loader, epoch_rng):
+    """A checkpoint of the run: weights, optimizer, position, history, random states."""
+    state = {**vars(at), "history": vars(history), "data": describe_data(train_loader)}
+    rng = {"epoch_rng": epoch_rng, "rng": _rng_states(train_loader)}
+    save_checkpoint(
+        config.checkpoint_dir,
+        model,
+        optimizer,
+        state,
+        rng,
+        keep=config.keep_checkpoints,
+    )
+
+
+def _sample(model, sample: Callable[[torch.nn.Module], object]) -> object:
+    """What `sample(model)` returns, called in eval mode without gradients."""
+    model.eval()
+    with torch.no_grad():
+        result = sample(model)
+    model.train()
+    return result
 
 
 def check_finite(diverged: torch.Tensor, checkpoint_dir=None) -> None:
