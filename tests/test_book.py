@@ -123,10 +123,80 @@ def test_hook_keeps_indentation_inside_admonitions():
 
 def test_figure_blocks_must_leave_a_figure():
     code = "import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([1, 2])"
-    svg = mkdocs_hooks._draw(code, "test")
-    assert svg.startswith(b"<?xml") and b"<svg" in svg
+    assert hasattr(mkdocs_hooks._draw(code, "test"), "savefig")
     with pytest.raises(RuntimeError, match="must leave a matplotlib Figure in `fig`"):
         mkdocs_hooks._draw("x = 1", "page.md (figure figures/x.svg)")
+
+
+FIGURE_PAGE = """\
+# Figures
+
+Two figure blocks; the second reads the file the first one wrote.
+
+<!--figure: figures/one.svg-->
+```python
+import matplotlib.pyplot as plt
+
+with open("numbers.txt", "w") as f:
+    f.write("1 4 9")
+fig, ax = plt.subplots()
+ax.plot([1, 2, 3])
+```
+
+!!! note
+
+    <!--figure: figures/two.svg-->
+    ```python
+    import matplotlib.pyplot as plt
+
+    numbers = [int(n) for n in open("numbers.txt").read().split()]
+
+    fig, ax = plt.subplots()
+    ax.plot(numbers)
+    ```
+"""
+
+
+def test_a_page_draws_its_figures_in_order_in_a_scratch_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(mkdocs_hooks, "FIGURE_CACHE", tmp_path / "cache")
+    monkeypatch.chdir(tmp_path)
+    svgs = mkdocs_hooks.draw_page_figures(FIGURE_PAGE, "page.md")
+    assert list(svgs) == ["figures/one.svg", "figures/two.svg"]
+    assert all(svg.startswith(b"<?xml") for svg in svgs.values())
+    assert svgs["figures/one.svg"] != svgs["figures/two.svg"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # nothing else
+    # Drawn once, then cached: a second build runs no figure code.
+    monkeypatch.setattr(mkdocs_hooks, "_draw", lambda *args: pytest.fail("redrawn"))
+    assert mkdocs_hooks.draw_page_figures(FIGURE_PAGE, "page.md") == svgs
+
+
+def test_a_figure_key_changes_with_its_code_and_earlier_figures():
+    keys = [block.key for block in mkdocs_hooks.page_figures(FIGURE_PAGE)]
+    assert keys == [block.key for block in mkdocs_hooks.page_figures(FIGURE_PAGE)]
+    first = FIGURE_PAGE.replace("[1, 2, 3]", "[3, 2, 1]")
+    changed = [block.key for block in mkdocs_hooks.page_figures(first)]
+    assert changed[0] != keys[0] and changed[1] != keys[1]  # the second depends on it
+    assert len(set(keys)) == 2
+
+
+def test_the_snippet_run_caches_the_figure_the_site_shows(pytester, monkeypatch):
+    cache = pytester.path / "cache"
+    monkeypatch.setenv("LLMBOOK_FIGURE_CACHE", str(cache))
+    monkeypatch.setenv("PYTHONPATH", str(ROOT / "tools"))
+    pytester.makeconftest((ROOT / "conftest.py").read_text())
+    result = run_codeblocks(pytester, FIGURE_PAGE)
+    result.assert_outcomes(passed=2)
+    cached = sorted(
+        p.relative_to(cache).parent.as_posix() for p in cache.rglob("*.svg")
+    )
+    assert cached == ["figures/one", "figures/two"]
+    monkeypatch.setattr(mkdocs_hooks, "FIGURE_CACHE", cache)
+    monkeypatch.setattr(mkdocs_hooks, "_draw", lambda *args: pytest.fail("redrawn"))
+    svgs = mkdocs_hooks.draw_page_figures(FIGURE_PAGE, "page.md")
+    monkeypatch.undo()
+    monkeypatch.chdir(pytester.path)
+    monkeypatch.setattr(mkdocs_hooks, "FIGURE_CACHE", pytester.path / "fresh")
+    assert mkdocs_hooks.draw_page_figures(FIGURE_PAGE, "page.md") == svgs  # same bytes
 
 
 def test_site_builds_strictly_without_warnings(tmp_path):
@@ -135,7 +205,11 @@ def test_site_builds_strictly_without_warnings(tmp_path):
     Drawing the figures runs their code, and the training plots of chapters 7-9
     read the data files and GPT-2's tokenizer files: the build uses the local
     copies that LLMBOOK_DATA_DIR and TIKTOKEN_CACHE_DIR name (CI has no network).
+    conftest.py runs this test last, after the chapters' snippets, so the build
+    takes the figures those drew from the cache instead of training again; run
+    alone, it draws them itself. Either way nothing is written into the repository.
     """
+    before = {p.name for p in ROOT.iterdir()}
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     site = tmp_path / "site"
     result = subprocess.run(
@@ -160,3 +234,4 @@ def test_site_builds_strictly_without_warnings(tmp_path):
         assert (site / figure).read_bytes().startswith(b"<?xml")
     page = (site / "02-tokenization" / "index.html").read_text()
     assert 'class="filename">src/llmbook/tokenizer.py</span>' in page
+    assert {p.name for p in ROOT.iterdir()} <= before | {".cache"}

@@ -265,3 +265,16 @@ def test_from_tiktoken_round_trips_an_encoding(reference):
         text, allowed_special="all"
     )
     assert isinstance(again, tiktoken.Encoding)
+
+
+def test_from_tiktoken_needs_the_pattern_of_a_non_gpt2_encoding():
+    words = r"\S+|\s+"  # a pre-tokenizer unlike GPT-2's: spaces are tokens of their own
+    ranks = BYTES | {b"12": 256, b"123": 257, b"45": 258, b"12345": 259, b" i": 260}
+    encoding = tiktoken.Encoding(
+        name="words", pat_str=words, mergeable_ranks=ranks, special_tokens={}
+    )
+    with pytest.raises(ValueError, match="unlike the 'words' encoding; pass the"):
+        BPETokenizer.from_tiktoken(encoding)
+    ours = BPETokenizer.from_tiktoken(encoding, pattern=words)
+    assert ours.pattern == words
+    assert ours.encode("it is 12345") == encoding.encode("it is 12345")

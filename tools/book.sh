@@ -39,8 +39,8 @@ case "${1:-}" in
     echo "== tangle check"
     .venv/bin/python tools/tangle.py --check
     echo "== ruff"
-    .venv/bin/ruff check src tools tests bench
-    .venv/bin/ruff format --check src tools tests bench
+    .venv/bin/ruff check src tools tests bench conftest.py
+    .venv/bin/ruff format --check src tools tests bench conftest.py
     echo "== mypy"
     .venv/bin/mypy
     echo "== pytest"

@@ -288,12 +288,26 @@ class BPETokenizer:
         return list(self._merges)  # a copy: changing it cannot corrupt the cache
 
     @classmethod
-    def from_tiktoken(cls, encoding: tiktoken.Encoding) -> Self:
-        """The tokenizer of a tiktoken encoding, e.g. GPT-2's published merges."""
+    def from_tiktoken(
+        cls, encoding: tiktoken.Encoding, pattern: str | None = None
+    ) -> Self:
+        """The tokenizer of a tiktoken encoding, e.g. GPT-2's published merges.
+
+        tiktoken keeps an encoding's pre-tokenizer pattern to itself, so `pattern`
+        is GPT-2's unless given (gpt2, r50k_base and p50k_base use it). A sample
+        text must then encode to the same ids both ways, or it is an error.
+        """
         token_id = encoding.encode_single_token
         ranks = {token: token_id(token) for token in encoding.token_byte_values()}
         specials = {token: token_id(token) for token in encoding.special_tokens_set}
-        return cls(ranks, specials, encoding._pat_str)
+        tokenizer = cls(ranks, specials, pattern)
+        sample = "Isn't it 12345 o'clock?\n\n  Ünïcödé   words... OK!"
+        if tokenizer.encode(sample) != encoding.encode_ordinary(sample):
+            raise ValueError(
+                f"this pattern splits text unlike the {encoding.name!r} encoding; "
+                "pass the pattern it was made with as `pattern`"
+            )
+        return tokenizer
 
     @classmethod
     def gpt2(cls) -> Self:

@@ -1,0 +1,63 @@
+"""Test-session hooks for the whole repository (the unit tests have tests/conftest.py).
+
+The snippet run of the chapters (pytest-codeblocks) executes every figure block of the
+book, which for chapters 7-9 means training a model. The figure such a block draws is
+saved into the site build's figure cache, under the key the build computes from the
+same code and library (tools/mkdocs_hooks.py), and the site-build test runs last. So
+the site build shows exactly what the tested code drew, without training again.
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "tools"))
+
+import mkdocs_hooks  # noqa: E402  (tools/ is not a package)
+
+SITE_BUILD_TEST = "test_site_builds_strictly_without_warnings"
+
+
+def _figure_block(item: pytest.Item) -> mkdocs_hooks.FigureBlock | None:
+    """The figure block that a pytest-codeblocks item runs, if it runs one."""
+    block = getattr(item, "obj", None)
+    if item.path.suffix != ".md" or not hasattr(block, "lineno"):
+        return None
+    for figure in mkdocs_hooks.page_figures(item.path.read_text(encoding="utf-8")):
+        if figure.line == block.lineno and _lines(figure.code) == _lines(block.code):
+            return figure
+    return None
+
+
+def _lines(code: str) -> list[str]:
+    # pytest-codeblocks drops the blank lines of a block inside an admonition
+    return [line for line in code.splitlines() if line.strip()]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    figure = _figure_block(item)
+    if figure is None:
+        return (yield)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    before = set(plt.get_fignums())
+    try:
+        result = yield  # the block runs; a failure raises here and caches nothing
+        new = sorted(set(plt.get_fignums()) - before)
+        if len(new) == 1:  # the block's `fig`; several would be ambiguous
+            mkdocs_hooks.store_figure(figure.path, figure.key, plt.figure(new[0]))
+        return result
+    finally:
+        for number in set(plt.get_fignums()) - before:
+            plt.close(number)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Build the site after the chapters' snippets, so that it finds their figures."""
+    last = [item for item in items if item.name == SITE_BUILD_TEST]
+    items[:] = [item for item in items if item.name != SITE_BUILD_TEST] + last
