@@ -45,12 +45,15 @@ def splits() -> tuple[list, list, list]:
 def test_the_collection_has_its_documented_counts():
     messages = read_spam_collection()
     labels = [label for _, label in messages]
+    # The collection's own description (UCI): 5,574 messages, 4,827 ham, 747 spam.
     assert (len(messages), labels.count(0), labels.count(1)) == (5574, 4827, 747)
     assert all(text for text, _ in messages)
 
 
 def test_splits_are_balanced_disjoint_and_seeded(splits):
     train, val, test = splits
+    # 747 spam + 747 sampled ham = 1,494; int(0.7 * 1494) = 1045, int(0.1 * 1494) = 149,
+    # and the other 300 are the test split.
     assert (len(train), len(val), len(test)) == (1045, 149, 300)
     everything = train + val + test
     assert sum(label for _, label in everything) == 747  # every spam message
@@ -110,7 +113,7 @@ def test_loaders_pad_every_split_like_training(splits: tuple[list, list, list]):
     train, val, test = create_classification_loaders(*splits, batch_size=8)
     width = train.dataset.max_length
     assert val.dataset.max_length == test.dataset.max_length == width
-    assert len(train) == 1045 // 8 and len(test.dataset) == 300
+    assert len(train) == 1045 // 8 and len(test.dataset) == 300  # the sizes above
     first = [labels.tolist() for _, labels in itertools.islice(train, 3)]
     again = create_classification_loaders(*splits, batch_size=8)[0]
     assert first == [labels.tolist() for _, labels in itertools.islice(again, 3)]

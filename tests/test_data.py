@@ -327,6 +327,7 @@ def test_shuffle_is_deterministic_with_a_seed():
 
 def test_default_tokenizer_is_gpt2_with_end_of_text():
     dataset = GPTDataset("Hello<|endoftext|>world", max_length=2, stride=1)
+    # tiktoken's GPT-2 ids: 'Hello', <|endoftext|>, 'world'
     assert dataset.token_ids.tolist() == [15496, 50256, 6894]
 
 

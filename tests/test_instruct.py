@@ -49,6 +49,8 @@ def test_prompt_format_is_exactly_alpaca():
 
 def test_splits_are_deterministic_and_sized():
     train, val, test = load_instruction_splits()
+    # The file's 1,100 entries: int(0.85 * 1100) = 935, int(0.05 * 1100) = 55 for
+    # testing, and the other 110 for validation.
     assert (len(train), len(val), len(test)) == (935, 110, 55)
     everything = json.loads(data_file("instruction-data.json").read_text("utf-8"))
     assert train + val + test == everything
