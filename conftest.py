@@ -22,7 +22,7 @@ SITE_BUILD_TEST = "test_site_builds_strictly_without_warnings"
 def _figure_block(item: pytest.Item) -> mkdocs_hooks.FigureBlock | None:
     """The figure block that a pytest-codeblocks item runs, if it runs one."""
     block = getattr(item, "obj", None)
-    if item.path.suffix != ".md" or not hasattr(block, "lineno"):
+    if item.path.suffix != ".md" or block is None or not hasattr(block, "lineno"):
         return None
     for figure in mkdocs_hooks.page_figures(item.path.read_text(encoding="utf-8")):
         if figure.line == block.lineno and _lines(figure.code) == _lines(block.code):
