@@ -10,6 +10,7 @@ import numbers
 import torch
 
 from llmbook.data import check_token_ids
+from llmbook.model import GPTModel, KVCache
 
 
 def check_prompt(
@@ -71,6 +72,7 @@ def generate(
     top_k: int | None = None,
     eos_id: int | None = None,
     generator: torch.Generator | None = None,
+    use_cache: bool = True,
 ) -> torch.Tensor:
     """Extend each row of `idx` (B, T) by up to `max_new_tokens` tokens.
 
@@ -78,14 +80,22 @@ def generate(
     sampled from softmax(logits / temperature), from the `top_k` most likely
     tokens only if `top_k` is given. Generation stops once every row has
     produced `eos_id` (which is kept); finished rows are padded with `eos_id`.
+    With `use_cache`, a GPTModel reads each token once, keeping its keys and
+    values in a KVCache; the tokens are the same as without (appendix C).
     """
     if not 0 <= temperature < float("inf"):  # also refuses NaN
         raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
     check_prompt(idx, max_new_tokens, context_size, model)
     finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
     nonfinite = torch.zeros((), dtype=torch.bool, device=idx.device)
+    cache = None
+    if use_cache and isinstance(model, GPTModel):
+        cache = KVCache(model, batch_size=idx.shape[0], capacity=context_size)
     for _ in range(max_new_tokens):
-        logits = model(idx[:, -context_size:])[:, -1, :]  # (B, vocab_size)
+        if cache is not None:  # only the tokens the cache has not read yet
+            logits = cache.feed(idx)[:, -1, :]  # (B, vocab_size)
+        else:
+            logits = model(idx[:, -context_size:])[:, -1, :]  # (B, vocab_size)
         vocab_size = logits.shape[-1]
         if top_k is not None and not 1 <= top_k <= vocab_size:
             raise ValueError(f"top_k must be between 1 and {vocab_size}, got {top_k}")

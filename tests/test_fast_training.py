@@ -1,0 +1,225 @@
+"""The fast training path of appendix C, each switch against the plain path:
+gradient accumulation, bfloat16 autocast, torch.compile (and its fallback), the
+optimizer that decays only matrices, and the FLOP count behind MFU."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from llmbook.data import create_dataloader
+from llmbook.model import GPTConfig, GPTModel
+from llmbook.train import (
+    TrainingConfig,
+    configure_optimizer,
+    flops_per_token,
+    latest_checkpoint,
+    load_model,
+    train_model,
+)
+
+CFG = GPTConfig.preset("debug", context_length=16, drop_rate=0.0)
+
+
+def train(text, batch_size, steps=None, epochs=1, cfg=CFG, optimizer=None, **options):
+    """A model trained from seed 0 on the first 16 windows of the story, in order;
+    returns it with its history."""
+    torch.manual_seed(0)
+    model = GPTModel(cfg)
+    loader = create_dataloader(
+        text[:1000], batch_size, 16, 16, shuffle=False, drop_last=False
+    )
+    assert len(loader) * batch_size >= 16 > (len(loader) - 1) * batch_size
+    optimizer = optimizer or torch.optim.AdamW
+    settings = TrainingConfig(
+        num_epochs=epochs, eval_freq=2, eval_iter=1, max_steps=steps, progress=False
+    )
+    settings = dataclasses.replace(settings, **options)
+    history = train_model(
+        model, loader, loader, optimizer(model.parameters(), lr=1e-3), "cpu", settings
+    )
+    return model, history
+
+
+def assert_same_weights(a, b, atol):
+    for (name, x), y in zip(
+        a.state_dict().items(), b.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(x, y, atol=atol, rtol=0, msg=name)
+
+
+def test_three_accumulated_batches_of_2_equal_one_batch_of_6(verdict):
+    # 8 batches of 2 in steps of 3 batches: (2+2+2), (2+2+2), (2+2) samples, the
+    # steps a loader of batches of 6 (the last one of 4) takes.
+    # Plain gradient descent: its step is proportional to the gradient, so a wrong
+    # scale (a sum instead of a mean, or 3 batches assumed in the last step) shows.
+    def sgd(params, lr):
+        return torch.optim.SGD(params, lr=0.5)
+
+    whole, whole_history = train(verdict, batch_size=6, epochs=2, optimizer=sgd)
+    accumulated, history = train(
+        verdict, batch_size=2, epochs=2, optimizer=sgd, grad_accum_steps=3
+    )
+    assert_same_weights(whole, accumulated, atol=1e-5)
+    assert history.steps == whole_history.steps == [2, 4, 6]
+    assert history.tokens_seen == whole_history.tokens_seen
+
+
+def test_accumulation_resumes_exactly(verdict, tmp_path):
+    def run(max_steps=None, resume=False):
+        torch.manual_seed(0)
+        model = GPTModel(dataclasses.replace(CFG, drop_rate=0.2))
+        loader = create_dataloader(verdict[:1000], 2, 16, 16, seed=3, drop_last=False)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        settings = TrainingConfig(
+            num_epochs=2,
+            eval_freq=3,
+            eval_iter=1,
+            checkpoint_dir=tmp_path / ("b" if max_steps or resume else "a"),
+            checkpoint_every=1,
+            max_steps=max_steps,
+            progress=False,
+            grad_accum_steps=3,
+        )
+        train_model(model, loader, loader, optimizer, "cpu", settings, resume=resume)
+        return model
+
+    straight = run()
+    run(max_steps=2)
+    assert str(latest_checkpoint(tmp_path / "b")).endswith("step-00000002")
+    resumed = run(resume=True)
+    for (name, a), b in zip(
+        straight.state_dict().items(), resumed.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+def test_bf16_autocast_trains_close_to_float32_and_keeps_float32_weights(verdict):
+    plain, plain_history = train(verdict, batch_size=4, epochs=2)
+    fast, fast_history = train(verdict, batch_size=4, epochs=2, bf16=True)
+    assert all(p.dtype == torch.float32 for p in fast.parameters())
+    assert fast_history.train_losses[-1] < fast_history.train_losses[0] - 0.1
+    for a, b in zip(plain_history.train_losses, fast_history.train_losses, strict=True):
+        assert a == pytest.approx(b, abs=0.05)  # bfloat16 keeps about 3 digits
+    assert not torch.equal(plain.out_head.weight, fast.out_head.weight)
+
+
+def test_compiled_training_matches_plain_and_saves_plain_names(verdict, tmp_path):
+    plain, _ = train(verdict, batch_size=4, steps=3)
+    compiled, _ = train(
+        verdict,
+        batch_size=4,
+        steps=3,
+        compile=True,
+        checkpoint_dir=tmp_path,
+        checkpoint_every=3,
+    )
+    assert_same_weights(plain, compiled, atol=1e-5)
+    folder = latest_checkpoint(tmp_path)
+    assert folder is not None
+    reloaded = load_model(folder / "model.safetensors")
+    assert_same_weights(compiled, reloaded, atol=0)
+
+
+def test_compile_that_fails_on_a_platform_falls_back_with_a_warning(
+    verdict, monkeypatch
+):
+    def unavailable(*args, **kwargs):
+        raise RuntimeError("Windows not yet supported for torch.compile")
+
+    plain, _ = train(verdict, batch_size=4, steps=2)
+    monkeypatch.setattr(torch, "compile", unavailable)
+    with pytest.warns(
+        RuntimeWarning, match="torch.compile does not work here .*Windows"
+    ):
+        fallback, _ = train(verdict, batch_size=4, steps=2, compile=True)
+    assert_same_weights(plain, fallback, atol=0)  # exactly the plain path
+
+
+def test_the_optimizer_decays_matrices_only():
+    torch.manual_seed(0)
+    model = GPTModel(dataclasses.replace(CFG, tie_weights=True))
+    optimizer = configure_optimizer(model, lr=0.1, weight_decay=0.5)
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 0.5 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = sorted(names[id(p)] for p in decay["params"])
+    assert "tok_emb.weight" in decayed and "out_head.weight" not in decayed  # tied
+    assert "trf_blocks.0.att.W_query.weight" in decayed
+    assert all(
+        names[id(p)].endswith(("bias", "scale", "shift")) for p in no_decay["params"]
+    )
+    assert len(decay["params"]) + len(no_decay["params"]) == len(names)
+    # With zero gradients, a step only applies the decay: matrices shrink by
+    # lr * weight_decay, biases and norms stay as they are.
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for name, p in model.named_parameters():
+        factor = 1 - 0.1 * 0.5 if p.dim() >= 2 else 1.0
+        torch.testing.assert_close(p.detach(), before[name] * factor, msg=name)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_fused_and_unfused_optimizers_train_alike(verdict, fused):
+    def make(params, lr):
+        return torch.optim.AdamW(params, lr=lr, weight_decay=0.1)
+
+    reference, _ = train(verdict, batch_size=4, steps=4, optimizer=make)
+
+    def configured(params, lr):
+        model_params = list(params)
+        groups = [
+            {"params": [p for p in model_params if p.dim() >= 2], "weight_decay": 0.1},
+            {"params": [p for p in model_params if p.dim() < 2], "weight_decay": 0.1},
+        ]
+        return torch.optim.AdamW(groups, lr=lr, fused=fused or None)
+
+    other, _ = train(verdict, batch_size=4, steps=4, optimizer=configured)
+    assert_same_weights(reference, other, atol=1e-6)
+
+
+def test_configure_optimizer_picks_the_fused_kernel_on_the_cpu():
+    model = GPTModel(CFG)
+    assert configure_optimizer(model, lr=1e-3).defaults["fused"] is True
+    assert configure_optimizer(model, lr=1e-3, fused=False).defaults["fused"] is None
+
+
+def test_flops_per_token_counts_every_multiplying_weight_six_times():
+    for tie in [False, True]:
+        model = GPTModel(dataclasses.replace(CFG, tie_weights=tie))
+        linear = sum(
+            sum(p.numel() for p in module.parameters())
+            for module in model.modules()
+            if isinstance(module, torch.nn.Linear)
+        )
+        norms = 2 * CFG.emb_dim * (2 * CFG.n_layers + 1)  # scale and shift
+        attention = 12 * CFG.n_layers * CFG.emb_dim * 16
+        assert flops_per_token(model, 16) == 6 * (linear + norms) + attention
+
+
+def test_accumulation_steps_below_one_are_refused():
+    with pytest.raises(ValueError, match="grad_accum_steps must be positive"):
+        TrainingConfig(grad_accum_steps=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_tf32_and_bf16_on_a_gpu_train_close_to_float32(verdict):
+    def run(fast):
+        torch.backends.cuda.matmul.allow_tf32 = fast
+        try:
+            torch.manual_seed(0)
+            model = GPTModel(CFG).to("cuda")
+            loader = create_dataloader(verdict[:1000], 4, 16, 16, shuffle=False)
+            settings = TrainingConfig(
+                num_epochs=2, eval_freq=2, eval_iter=1, progress=False, bf16=fast
+            )
+            optimizer = configure_optimizer(model, lr=1e-3)
+            return train_model(model, loader, loader, optimizer, "cuda", settings)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = False
+
+    plain, fast = run(False), run(True)
+    for a, b in zip(plain.train_losses, fast.train_losses, strict=True):
+        assert a == pytest.approx(b, abs=0.05)
