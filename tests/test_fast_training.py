@@ -41,6 +41,12 @@ def train(text, batch_size, steps=None, epochs=1, cfg=CFG, optimizer=None, **opt
     return model, history
 
 
+def verdict_start():
+    from llmbook.data import data_file
+
+    return data_file("the-verdict.txt").read_text(encoding="utf-8")[:1000]
+
+
 def assert_same_weights(a, b, atol):
     for (name, x), y in zip(
         a.state_dict().items(), b.state_dict().values(), strict=True
@@ -65,33 +71,47 @@ def test_three_accumulated_batches_of_2_equal_one_batch_of_6(verdict):
     assert history.tokens_seen == whole_history.tokens_seen
 
 
-def test_accumulation_resumes_exactly(verdict, tmp_path):
-    def run(max_steps=None, resume=False):
-        torch.manual_seed(0)
-        model = GPTModel(dataclasses.replace(CFG, drop_rate=0.2))
-        loader = create_dataloader(verdict[:1000], 2, 16, 16, seed=3, drop_last=False)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        settings = TrainingConfig(
-            num_epochs=2,
-            eval_freq=3,
-            eval_iter=1,
-            checkpoint_dir=tmp_path / ("b" if max_steps or resume else "a"),
-            checkpoint_every=1,
-            max_steps=max_steps,
-            progress=False,
-            grad_accum_steps=3,
-        )
-        train_model(model, loader, loader, optimizer, "cpu", settings, resume=resume)
-        return model
+def accumulating_run(folder, max_steps=None, resume=False, accum=3):
+    torch.manual_seed(0)
+    model = GPTModel(dataclasses.replace(CFG, drop_rate=0.2))
+    loader = create_dataloader(verdict_start(), 2, 16, 16, seed=3, drop_last=False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    settings = TrainingConfig(
+        num_epochs=2,
+        eval_freq=3,
+        eval_iter=1,
+        checkpoint_dir=folder,
+        checkpoint_every=1,
+        max_steps=max_steps,
+        progress=False,
+        grad_accum_steps=accum,
+    )
+    history = train_model(
+        model, loader, loader, optimizer, "cpu", settings, resume=resume
+    )
+    return model, history
 
-    straight = run()
-    run(max_steps=2)
+
+def test_accumulation_resumes_exactly(tmp_path):
+    # 8 batches an epoch in steps of 3, 3 and 2; the run stops after step 2.
+    straight, _ = accumulating_run(tmp_path / "a")
+    accumulating_run(tmp_path / "b", max_steps=2)
     assert str(latest_checkpoint(tmp_path / "b")).endswith("step-00000002")
-    resumed = run(resume=True)
+    resumed, _ = accumulating_run(tmp_path / "b", resume=True)
     for (name, a), b in zip(
         straight.state_dict().items(), resumed.state_dict().values(), strict=True
     ):
         assert torch.equal(a, b), name
+
+
+def test_a_run_resumed_with_another_accumulation_trains_to_the_end(tmp_path):
+    # Stopped after 6 of epoch 1's 8 batches; resumed in steps of 4 batches, the
+    # run ends epoch 1 with a step of the 2 batches left, then takes 2 steps.
+    accumulating_run(tmp_path, max_steps=2)
+    _, history = accumulating_run(tmp_path, resume=True, accum=4)
+    assert str(latest_checkpoint(tmp_path)).endswith("step-00000005")
+    assert history.steps == [3]
+    assert history.tokens_seen == [8 * 2 * 16]  # at step 3: all of epoch 1
 
 
 def test_bf16_autocast_trains_close_to_float32_and_keeps_float32_weights(verdict):

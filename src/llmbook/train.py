@@ -200,29 +200,29 @@ def train_model(
         raise ValueError("the training loader has no batches: nothing to train on")
     history, at, saved_rng = _start_run(config, model, optimizer, train_loader, resume)
     accum, batches_per_epoch = config.grad_accum_steps, len(train_loader)
-    total = config.num_epochs * math.ceil(batches_per_epoch / accum)
-    if config.max_steps is not None:
-        total = min(total, config.max_steps)
+    total = _last_step(config, at, batches_per_epoch)
     bar = tqdm(total=total, initial=at.step, disable=not config.progress, unit="step")
     diverged = torch.zeros((), dtype=torch.long)  # first non-finite step; 0: none
     forward_model = compile_model(model, device) if config.compile else model
     device_type = torch.device(device).type
+    pending = 0  # batches whose gradients the next optimizer step will add up
     model.train()
     while at.epoch < config.num_epochs and at.step < total:
         batches, epoch_rng = _epoch_batches(train_loader, at.batch_in_epoch, saved_rng)
         saved_rng = None
         for input_batch, target_batch in batches:
-            if at.batch_in_epoch % accum == 0:  # the first batch of a step
+            if pending == 0:  # the first batch of a step
                 optimizer.zero_grad()
                 group = min(accum, batches_per_epoch - at.batch_in_epoch)
             with torch.autocast(device_type, torch.bfloat16, enabled=config.bf16):
                 loss = loss_fn(input_batch, target_batch, forward_model, device)
             (loss / group).backward()  # the step's gradient: the mean over its batches
-            at.batch_in_epoch += 1
+            pending, at.batch_in_epoch = pending + 1, at.batch_in_epoch + 1
             at.tokens_seen += input_batch.numel()
             diverged = _first_bad_step(diverged, loss, at.step + 1)
-            if at.batch_in_epoch % accum and at.batch_in_epoch < batches_per_epoch:
+            if pending < group:
                 continue  # more batches to add to this step's gradient
+            pending = 0
             optimizer.step()
             at.step += 1
             bar.update(1)
@@ -282,6 +282,18 @@ def _start_run(config, model, optimizer, train_loader, resume: bool):
     for leftover in Path(config.checkpoint_dir).glob(".step-*"):
         shutil.rmtree(leftover)  # half-written by a run that was killed
     return history, at, saved_rng
+
+
+def _last_step(config, at, batches_per_epoch: int) -> int:
+    """The step a run that stands at `at` ends with: after its epochs, or at
+    `config.max_steps`. Steps take `config.grad_accum_steps` batches, and fewer at
+    the end of an epoch."""
+    per_epoch = math.ceil(batches_per_epoch / config.grad_accum_steps)
+    left_in_epoch = math.ceil(
+        (batches_per_epoch - at.batch_in_epoch) / config.grad_accum_steps
+    )
+    last = at.step + left_in_epoch + (config.num_epochs - at.epoch - 1) * per_epoch
+    return min(last, config.max_steps or last)
 
 
 def _epoch_batches(train_loader, skip: int, saved_rng: dict | None):
