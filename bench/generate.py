@@ -14,35 +14,20 @@ in the time, as a user waits for it too.
 
 import argparse
 import functools
-import platform
 import time
 
 import torch
+from common import device_name, sync
 
 from llmbook.generate import generate
 from llmbook.model import GPTConfig, GPTModel
 
 
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "CPU"
-
-
 def timed(function, device: str):
-    if device == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
     start = time.perf_counter()
     result = function()
-    if device == "cuda":
-        torch.cuda.synchronize()
+    sync(device)
     return result, time.perf_counter() - start
 
 

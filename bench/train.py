@@ -18,11 +18,10 @@ product otherwise (said so in the output), or --peak-tflops.
 """
 
 import argparse
-import contextlib
-import platform
 import time
 
 import torch
+from common import device_name, sync
 from torch.utils.data import DataLoader, TensorDataset
 
 from llmbook.model import GPTConfig, GPTModel
@@ -46,21 +45,6 @@ GPU_PEAKS = {
     "A10G": 70.0,
     "A10": 125.0,
 }
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "CPU"
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def peak_flops(device: str, given_tflops: float | None) -> tuple[float, str]:
