@@ -18,6 +18,7 @@ from llmbook.train import (
     load_weights,
     save_checkpoint,
     save_model,
+    text_loss,
     train_model,
 )
 
@@ -474,3 +475,43 @@ def test_masks_are_not_saved_and_old_files_with_masks_still_load(tmp_path):
     again = load_model(old).eval()
     ids = torch.tensor([[1, 2, 3]])
     assert torch.equal(again(ids), model.eval()(ids))
+
+
+@pytest.mark.parametrize("length", [2, 17, 33, 64])
+def test_text_loss_predicts_every_token_after_the_first_once(length):
+    from llmbook.bpe import BPETokenizer
+
+    tokenizer = BPETokenizer()  # bytes only: one token per ASCII character
+    text = "".join(chr(97 + (i * 7) % 26) for i in range(length))
+    torch.manual_seed(0)
+    model = GPTModel(GPTConfig.preset("debug", vocab_size=257, context_length=16))
+    model.train()
+    per_token, per_char = text_loss(model, tokenizer, text)
+    assert model.training  # the mode is given back
+    ids = torch.tensor(tokenizer.encode(text))
+    model.eval()
+    with torch.no_grad():  # each token from the up to 16 tokens before it, its window
+        total = sum(
+            torch.nn.functional.cross_entropy(
+                model(ids[max(0, (i - 1) // 16 * 16) : i].unsqueeze(0))[0, -1],
+                ids[i],
+            ).item()
+            for i in range(1, len(ids))
+        )
+    assert per_token == pytest.approx(total / (len(ids) - 1), rel=1e-5)
+    assert per_char == pytest.approx(per_token)  # one character per token
+
+
+def test_text_loss_counts_characters_not_tokens():
+    from llmbook.bpe import BPETokenizer
+
+    text = "the cat sat on the mat " * 20
+    tokenizer = BPETokenizer().train(text, vocab_size=270)
+    model = GPTModel(GPTConfig.preset("debug", vocab_size=tokenizer.vocab_size))
+    per_token, per_char = text_loss(model, tokenizer, text)
+    ids = tokenizer.encode(text)
+    spelled = len(text) - len(tokenizer.decode(ids[:1]))
+    assert per_char == pytest.approx(per_token * (len(ids) - 1) / spelled)
+    assert per_char < per_token  # tokens of several characters
+    with pytest.raises(ValueError, match="at least two tokens"):
+        text_loss(model, tokenizer, "a")

@@ -360,6 +360,31 @@ def check_finite(diverged: torch.Tensor, checkpoint_dir=None) -> None:
     )
 
 
+@torch.no_grad()
+def text_loss(model, tokenizer, text: str, device="cpu") -> tuple[float, float]:
+    """The cross-entropy of `model` on all of `text`: (per token, per character).
+
+    Windows of the model's context overlap by one token, so every token after the
+    first is predicted once; the per-character loss divides the same total by the
+    characters those tokens spell, and so compares models with other tokenizers.
+    """
+    ids = torch.tensor(tokenizer.encode(text))
+    if len(ids) < 2:
+        raise ValueError("the text must be at least two tokens long")
+    was_training = model.training
+    model.eval()
+    context, total = model.cfg.context_length, 0.0
+    for start in range(0, len(ids) - 1, context):
+        window = ids[start : start + context + 1].to(device)
+        logits = model(window[:-1].unsqueeze(0))[0]  # (T, V)
+        total += torch.nn.functional.cross_entropy(
+            logits.float(), window[1:], reduction="sum"
+        ).item()
+    model.train(was_training)
+    characters = len(text) - len(tokenizer.decode(ids[:1].tolist()))
+    return total / (len(ids) - 1), total / characters
+
+
 def open_safetensors(path: str | os.PathLike):
     """`safe_open(path)`, with errors that name the file and say what is wrong."""
     if not Path(path).is_file():
