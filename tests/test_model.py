@@ -267,3 +267,43 @@ def test_forward_reads_no_id_values_so_a_gpu_never_waits(monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, spy)
     model(ids)
     assert calls == []
+
+
+def test_separate_dropout_rates_default_to_drop_rate():
+    cfg = GPTConfig.preset("debug", drop_rate=0.2, drop_rate_attn=0.0)
+    model = GPTModel(cfg)
+    assert model.drop_emb.p == 0.2
+    block = model.trf_blocks[0]
+    assert block.drop_shortcut.p == 0.2
+    assert block.att.dropout_p == 0.0
+    cfg = GPTConfig.preset(
+        "debug", drop_rate=0.0, drop_rate_emb=0.3, drop_rate_shortcut=0.4
+    )
+    model = GPTModel(cfg)
+    assert (model.drop_emb.p, model.trf_blocks[1].drop_shortcut.p) == (0.3, 0.4)
+    assert model.trf_blocks[1].att.dropout_p == 0.0
+
+
+@pytest.mark.parametrize(
+    "field, value, error",
+    [
+        ("drop_rate_attn", 1.0, ValueError),
+        ("drop_rate_emb", -0.1, ValueError),
+        ("drop_rate_shortcut", "0.1", TypeError),
+    ],
+)
+def test_separate_dropout_rates_are_checked(field, value, error):
+    with pytest.raises(error, match=field):
+        GPTConfig.preset("debug", **{field: value})
+
+
+def test_only_attention_dropout_changes_a_training_forward_pass_there():
+    torch.manual_seed(0)
+    ids = torch.randint(0, 50257, (2, 8))
+    base = GPTModel(GPTConfig.preset("debug", drop_rate=0.0)).train()
+    other = GPTModel(
+        GPTConfig.preset("debug", drop_rate=0.0, drop_rate_attn=0.5)
+    ).train()
+    other.load_state_dict(base.state_dict())
+    assert torch.equal(base(ids), base(ids))  # no dropout anywhere: deterministic
+    assert not torch.equal(base(ids), other(ids))

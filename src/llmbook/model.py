@@ -28,6 +28,10 @@ class GPTConfig:
     drop_rate: float = 0.1  # dropout after embeddings, attention and feed-forward
     qkv_bias: bool = False  # biases in the query, key and value projections
     tie_weights: bool = False  # output head shares the token embedding matrix
+    # Separate dropout rates; None means `drop_rate`.
+    drop_rate_emb: float | None = None  # after the embeddings
+    drop_rate_attn: float | None = None  # on the attention weights
+    drop_rate_shortcut: float | None = None  # on each sub-layer's output
 
     def __post_init__(self):
         for name in ["vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"]:
@@ -41,15 +45,28 @@ class GPTConfig:
                 raise TypeError(
                     f"{name} must be True or False, got {getattr(self, name)!r}"
                 )
-        rate = self.drop_rate
-        if not isinstance(rate, int | float) or isinstance(rate, bool):
-            raise TypeError(f"drop_rate must be a number, got {rate!r}")
+        for name in [
+            "drop_rate",
+            "drop_rate_emb",
+            "drop_rate_attn",
+            "drop_rate_shortcut",
+        ]:
+            rate = getattr(self, name)
+            if rate is None and name != "drop_rate":
+                continue
+            if not isinstance(rate, int | float) or isinstance(rate, bool):
+                raise TypeError(f"{name} must be a number, got {rate!r}")
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {rate}")
         if self.emb_dim % self.n_heads:
             raise ValueError(
                 f"emb_dim={self.emb_dim} must be divisible by n_heads={self.n_heads}"
             )
-        if not 0.0 <= self.drop_rate < 1.0:
-            raise ValueError(f"drop_rate must be in [0, 1), got {self.drop_rate}")
+
+    def dropout(self, part: str) -> float:
+        """The dropout rate of `part` ("emb", "attn" or "shortcut")."""
+        rate = getattr(self, f"drop_rate_{part}")
+        return self.drop_rate if rate is None else rate
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "GPTConfig":
@@ -116,13 +133,13 @@ class TransformerBlock(nn.Module):
             d_in=cfg.emb_dim,
             d_out=cfg.emb_dim,
             context_length=cfg.context_length,
-            dropout=cfg.drop_rate,
+            dropout=cfg.dropout("attn"),
             num_heads=cfg.n_heads,
             qkv_bias=cfg.qkv_bias,
         )
         self.norm2 = LayerNorm(cfg.emb_dim)
         self.ff = FeedForward(cfg.emb_dim)
-        self.drop_shortcut = nn.Dropout(cfg.drop_rate)
+        self.drop_shortcut = nn.Dropout(cfg.dropout("shortcut"))
 
     def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
         # (B, T, emb_dim) -> same; `cache` is the block's LayerCache, if any
@@ -144,7 +161,7 @@ class GPTModel(nn.Module):
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
-        self.drop_emb = nn.Dropout(cfg.drop_rate)
+        self.drop_emb = nn.Dropout(cfg.dropout("emb"))
         self.trf_blocks = nn.Sequential(
             *[TransformerBlock(cfg) for _ in range(cfg.n_layers)]
         )

@@ -459,7 +459,9 @@ def load_weights(model, path: str | os.PathLike) -> None:
             problems = [
                 f"{key}={saved[key]!r} in the file, {value!r} in the model"
                 for key, value in vars(model.cfg).items()
-                if key in saved and key != "drop_rate" and saved[key] != value
+                if key in saved
+                and not key.startswith("drop_rate")
+                and saved[key] != value
             ]
         if problems:
             raise ValueError(
