@@ -278,3 +278,33 @@ def test_from_tiktoken_needs_the_pattern_of_a_non_gpt2_encoding():
     ours = BPETokenizer.from_tiktoken(encoding, pattern=words)
     assert ours.pattern == words
     assert ours.encode("it is 12345") == encoding.encode("it is 12345")
+
+
+def _naive_merge(data: bytes, ranks: dict[bytes, int]) -> list[bytes]:
+    """Chapter 3's quadratic encoder: merge the lowest-ranked pair, rescan, repeat."""
+    parts = [data[i : i + 1] for i in range(len(data))]
+    while len(parts) > 1:
+        candidates = [
+            (ranks[parts[i] + parts[i + 1]], i)
+            for i in range(len(parts) - 1)
+            if parts[i] + parts[i + 1] in ranks
+        ]
+        if not candidates:
+            break
+        _, i = min(candidates)
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+    return parts
+
+
+def test_heap_merge_equals_the_naive_rescan(verdict):
+    import random
+
+    tokenizer = BPETokenizer().train(verdict[:5000], vocab_size=400)
+    rng = random.Random(0)
+    words = [w.encode() for w in verdict.split()[:2000]]
+    words += [
+        bytes(rng.choice(b"aeinst ") for _ in range(rng.randint(1, 30)))
+        for _ in range(500)
+    ]
+    for word in words:
+        assert bpe_merge(word, tokenizer.ranks) == _naive_merge(word, tokenizer.ranks)
