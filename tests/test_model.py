@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from llmbook.attention import MultiHeadAttention
 from llmbook.generate import generate_text_simple
 from llmbook.model import (
     GELU,
@@ -269,19 +270,20 @@ def test_forward_reads_no_id_values_so_a_gpu_never_waits(monkeypatch):
     assert calls == []
 
 
+def _rates(model) -> tuple[float, list[float], list[float]]:
+    """Dropout after the embeddings, then per block: shortcut, attention."""
+    shortcut = [m.p for n, m in model.named_modules() if n.endswith("drop_shortcut")]
+    attn = [m.dropout_p for m in model.modules() if isinstance(m, MultiHeadAttention)]
+    return model.drop_emb.p, shortcut, attn
+
+
 def test_separate_dropout_rates_default_to_drop_rate():
     cfg = GPTConfig.preset("debug", drop_rate=0.2, drop_rate_attn=0.0)
-    model = GPTModel(cfg)
-    assert model.drop_emb.p == 0.2
-    block = model.trf_blocks[0]
-    assert block.drop_shortcut.p == 0.2
-    assert block.att.dropout_p == 0.0
+    assert _rates(GPTModel(cfg)) == (0.2, [0.2, 0.2], [0.0, 0.0])
     cfg = GPTConfig.preset(
         "debug", drop_rate=0.0, drop_rate_emb=0.3, drop_rate_shortcut=0.4
     )
-    model = GPTModel(cfg)
-    assert (model.drop_emb.p, model.trf_blocks[1].drop_shortcut.p) == (0.3, 0.4)
-    assert model.trf_blocks[1].att.dropout_p == 0.0
+    assert _rates(GPTModel(cfg)) == (0.3, [0.4, 0.4], [0.0, 0.0])
 
 
 @pytest.mark.parametrize(
