@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import pytest_codeblocks
 import torch
 
 import mkdocs_hooks
@@ -66,6 +67,86 @@ def test_a_wrong_expected_output_fails(pytester):
     )
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*but got*", "42"])
+
+
+def test_a_wrong_solution_in_a_collapsed_block_fails(pytester):
+    # Exercise solutions sit indented inside `??? success` blocks; their fences are
+    # collected, run and checked like any other, so a wrong output fails.
+    result = run_codeblocks(
+        pytester,
+        """\
+        ### An exercise
+
+        ??? success "Solution"
+
+            ```python
+            for n in range(3):
+
+                print(n * n)
+            ```
+
+            <!--pytest-codeblocks:expected-output-->
+            ```
+            0
+            1
+            4
+            ```
+
+        ??? success "Solution"
+
+            ```python
+            print(6 * 7)
+            ```
+
+            <!--pytest-codeblocks:expected-output-->
+            ```
+            41
+            ```
+        """,
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*but got*", "42"])
+
+
+def solution_blocks(chapter: Path) -> list[tuple[int, list[int]]]:
+    """(line of each `??? success "Solution"`, lines of the python fences inside)."""
+    lines = chapter.read_text(encoding="utf-8").splitlines()
+    found = []
+    for number, line in enumerate(lines, 1):
+        if line.startswith('??? success "Solution"'):
+            fences, body = [], number
+            while body < len(lines) and (
+                not lines[body].strip() or lines[body].startswith("    ")
+            ):
+                if lines[body].strip() == "```python":
+                    fences.append(body + 1)
+                body += 1
+            found.append((number, fences))
+    return found
+
+
+EXERCISE_CHAPTERS = [c for c in CHAPTERS if re.match(r"(0[2-9]|appendix)", c.name)]
+
+
+@pytest.mark.parametrize("chapter", EXERCISE_CHAPTERS, ids=lambda p: p.name)
+def test_every_chapter_ends_with_exercises_whose_solutions_run(chapter):
+    text = chapter.read_text(encoding="utf-8")
+    exercises = text.split("\n## Exercises\n", 1)[-1]
+    assert "\n## Exercises\n" in text, f"{chapter.name} has no exercises"
+    assert "\n## " not in exercises, "the exercises end the chapter"
+    count = len(re.findall(r"^### ", exercises, re.M))
+    solutions = solution_blocks(chapter)
+    assert 2 <= count <= 5 and len(solutions) == count
+    blocks = {
+        block.lineno: block
+        for block in pytest_codeblocks.extract_from_file(chapter)
+        if block.syntax == "python"
+    }
+    for line, fences in solutions:
+        assert fences, f"{chapter.name}:{line}: a solution without code"
+        assert all(fence in blocks for fence in fences), f"{chapter.name}:{line}"
+        checked = [blocks[fence].expected_output for fence in fences]
+        assert any(checked), f"{chapter.name}:{line}: no output is checked"
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.name)
