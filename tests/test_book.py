@@ -149,6 +149,25 @@ def test_every_chapter_ends_with_exercises_whose_solutions_run(chapter):
         assert any(checked), f"{chapter.name}:{line}: no output is checked"
 
 
+def test_every_reference_is_cited_and_links_to_a_copy():
+    # `mkdocs build --strict` (validation.anchors) fails on a citation whose anchor
+    # is missing; this checks the other direction and the entries themselves.
+    entries = (ROOT / "docs" / "references.md").read_text(encoding="utf-8")
+    keys = re.findall(r"^\{#([a-z0-9-]+)\}$", entries, re.M)
+    cited = {
+        key
+        for page in CHAPTERS
+        if page.name != "references.md"
+        for key in re.findall(r"\]\(references\.md#([a-z0-9-]+)\)", page.read_text())
+    }
+    assert len(keys) == len(set(keys)) >= 30
+    assert sorted(set(keys) - cited) == [], "entries that no page cites"
+    assert sorted(cited - set(keys)) == [], "citations without an entry"
+    for entry in entries.split("\n\n"):
+        if re.search(r"^\{#", entry, re.M):
+            assert re.search(r"\]\(https://", entry), entry
+
+
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.name)
 def test_every_python_fence_runs(chapter):
     """pytest-codeblocks runs only fences whose info string is exactly `python`."""
