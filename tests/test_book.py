@@ -51,59 +51,47 @@ def test_gpu_cells_are_skipped_with_their_reason_on_cpu(pytester):
         result.stdout.fnmatch_lines(["*SKIPPED*needs a CUDA GPU*"])
 
 
-def test_a_wrong_expected_output_fails(pytester):
-    result = run_codeblocks(
-        pytester,
-        """\
-        ```python
-        print(6 * 7)
-        ```
+# A snippet whose shown output is wrong: the tests must fail on it.
+WRONG_OUTPUT = """\
+```python
+print(6 * 7)
+```
 
-        <!--pytest-codeblocks:expected-output-->
-        ```
-        41
-        ```
-        """,
-    )
+<!--pytest-codeblocks:expected-output-->
+```
+41
+```
+"""
+
+
+def test_a_wrong_expected_output_fails(pytester):
+    result = run_codeblocks(pytester, WRONG_OUTPUT)
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*but got*", "42"])
 
 
 def test_a_wrong_solution_in_a_collapsed_block_fails(pytester):
     # Exercise solutions sit indented inside `??? success` blocks; their fences are
-    # collected, run and checked like any other, so a wrong output fails.
-    result = run_codeblocks(
-        pytester,
-        """\
-        ### An exercise
+    # collected, run and checked like any other, so a wrong output fails (and a
+    # right one, with a blank line inside its code, passes).
+    right = """\
+```python
+for n in range(3):
 
-        ??? success "Solution"
+    print(n * n)
+```
 
-            ```python
-            for n in range(3):
-
-                print(n * n)
-            ```
-
-            <!--pytest-codeblocks:expected-output-->
-            ```
-            0
-            1
-            4
-            ```
-
-        ??? success "Solution"
-
-            ```python
-            print(6 * 7)
-            ```
-
-            <!--pytest-codeblocks:expected-output-->
-            ```
-            41
-            ```
-        """,
-    )
+<!--pytest-codeblocks:expected-output-->
+```
+0
+1
+4
+```
+"""
+    page = "### An exercise\n"
+    for solution in [right, WRONG_OUTPUT]:
+        page += '\n??? success "Solution"\n\n' + textwrap.indent(solution, "    ")
+    result = run_codeblocks(pytester, page)
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*but got*", "42"])
 
