@@ -1,0 +1,155 @@
+"""llmbook.distributed: torchrun's environment, and DDP training on 2 CPU processes
+(gloo) that equals one process with the same global batch and resumes exactly."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from llmbook.data import create_dataloader
+from llmbook.distributed import (
+    ProcessPlace,
+    distributed_loader,
+    mean_over_processes,
+    setup_distributed,
+    torchrun_place,
+    world_size,
+)
+from llmbook.train import latest_checkpoint, load_model
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+FULL = {
+    "RANK": "1",
+    "LOCAL_RANK": "1",
+    "WORLD_SIZE": "2",
+    "MASTER_ADDR": "127.0.0.1",
+    "MASTER_PORT": "29500",
+}
+
+
+def test_the_place_is_read_from_torchruns_variables():
+    assert torchrun_place({}) is None
+    assert torchrun_place(FULL) == ProcessPlace(rank=1, local_rank=1, world_size=2)
+    place = torchrun_place(FULL)
+    assert place is not None and not place.is_main
+
+
+@pytest.mark.parametrize("missing", ["RANK", "MASTER_PORT", "LOCAL_RANK"])
+def test_a_half_set_environment_names_what_is_missing(missing):
+    environ = {k: v for k, v in FULL.items() if k != missing}
+    with pytest.raises(RuntimeError, match=f"half set.*but not {missing}"):
+        torchrun_place(environ)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"RANK": "one"}, "whole numbers"),
+        ({"RANK": "2"}, "do not fit together"),
+        ({"WORLD_SIZE": "0"}, "do not fit together"),
+        ({"LOCAL_RANK": "-1"}, "do not fit together"),
+    ],
+)
+def test_inconsistent_variables_are_refused(change, message):
+    with pytest.raises(RuntimeError, match=message):
+        torchrun_place({**FULL, **change})
+
+
+def test_without_torchrun_one_process_runs_alone(monkeypatch):
+    for name in FULL:
+        monkeypatch.delenv(name, raising=False)
+    assert setup_distributed() == ProcessPlace(rank=0, local_rank=0, world_size=1)
+    assert world_size() == 1
+    assert mean_over_processes([torch.tensor(2.5), 1]) == [2.5, 1.0]
+
+
+def test_the_loader_of_one_process_keeps_everything_but_the_order(verdict):
+    loader = create_dataloader(verdict[:2000], 4, 16, 16, seed=3, drop_last=False)
+    dealt = distributed_loader(loader, seed=3)
+    assert len(dealt) == len(loader) and dealt.batch_size == 4
+    seen = torch.cat([x for x, _ in dealt])
+    assert sorted(map(tuple, seen.tolist())) == sorted(
+        map(tuple, torch.cat([x for x, _ in loader]).tolist())
+    )
+
+
+def launch(out: Path, processes: int, *args: str) -> dict:
+    """Run the worker on `processes` processes; return process 0's history."""
+    if processes == 1:
+        launcher = [sys.executable]
+    else:
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={processes}",
+        ]
+    env = {k: v for k, v in os.environ.items() if k not in FULL}
+    done = subprocess.run(
+        [*launcher, str(WORKER), str(out), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((out / "history.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """2 processes with batches of 2 and 2 batches a step: a global step of 8."""
+    out = tmp_path_factory.mktemp("ddp")
+    return out, launch(out, 2, "--batch-size", "2", "--accum", "2")
+
+
+def test_two_processes_take_the_steps_of_one_with_the_global_batch(
+    tmp_path, two_processes
+):
+    out, history = two_processes
+    alone = launch(tmp_path, 1, "--batch-size", "4", "--accum", "2")
+    assert history["steps"] == alone["steps"] and history["steps"]
+    for key in ["train_losses", "val_losses", "learning_rates", "grad_norms"]:
+        assert history[key] == pytest.approx(alone[key], rel=1e-4, abs=1e-6), key
+    two = load_model(out / "model.safetensors").state_dict()
+    one = load_model(tmp_path / "model.safetensors").state_dict()
+    for name, tensor in two.items():
+        torch.testing.assert_close(tensor, one[name], atol=2e-6, rtol=1e-4)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "latest",
+        "step-00000014",
+        "step-00000016",
+    ]  # one set of checkpoints, written by process 0 only
+
+
+def test_an_interrupted_two_process_run_with_dropout_resumes_exactly(tmp_path):
+    settings = ["--batch-size", "2", "--drop", "0.2"]
+    straight = launch(tmp_path / "a", 2, *settings)
+    with pytest.raises(AssertionError, match="KeyboardInterrupt"):
+        launch(tmp_path / "b", 2, *settings, "--interrupt-after", "11")
+    last = latest_checkpoint(tmp_path / "b" / "checkpoints")
+    assert str(last).endswith("step-00000004")
+    resumed = launch(tmp_path / "b", 2, *settings, "--resume")
+    assert resumed == straight
+    a = load_model(tmp_path / "a" / "model.safetensors").state_dict()
+    b = load_model(tmp_path / "b" / "model.safetensors").state_dict()
+    assert all(torch.equal(a[name], b[name]) for name in a)
+
+
+def test_a_checkpoint_of_two_processes_is_not_resumed_by_one(tmp_path, two_processes):
+    out, _ = two_processes
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(out), str(copy)], check=True)
+    done = subprocess.run(
+        [sys.executable, str(WORKER), str(copy), "--batch-size", "4", "--resume"],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k not in FULL},
+    )
+    assert done.returncode != 0
+    assert "written by a run of 2 process(es), and this one has 1" in done.stderr
