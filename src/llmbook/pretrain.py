@@ -9,6 +9,7 @@ torchrun --standalone --nproc_per_node=2 -m llmbook.pretrain the-verdict.txt --o
 """
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -36,6 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="folder for results")
     parser.add_argument("--preset", default="debug", help="GPTConfig preset")
     parser.add_argument("--context-length", type=int, default=64)
+    parser.add_argument("--drop-rate", type=float, help="default: the preset's")
     parser.add_argument("--batch-size", type=int, default=8, help="per process")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-steps", type=int, default=None)
@@ -63,12 +65,13 @@ def main(argv=None) -> None:
         train_loader = distributed_loader(
             create_dataloader(text[:split], args.batch_size, **size), seed=args.seed
         )
-        val_loader = distributed_loader(
-            create_dataloader(
-                text[split:], args.batch_size, shuffle=False, drop_last=False, **size
-            )
+        # Every process estimates the validation loss on the same batches.
+        val_loader = create_dataloader(
+            text[split:], args.batch_size, shuffle=False, drop_last=False, **size
         )
         cfg = GPTConfig.preset(args.preset, context_length=args.context_length)
+        if args.drop_rate is not None:
+            cfg = dataclasses.replace(cfg, drop_rate=args.drop_rate)
         model = GPTModel(cfg).to(device)
         optimizer = configure_optimizer(model, lr=args.lr)
         config = TrainingConfig(
@@ -101,6 +104,7 @@ def main(argv=None) -> None:
         ):
             print0(f"step {step:>4}: train {train:.3f}, val {val:.3f}")
         if place.is_main:
+            args.out.mkdir(parents=True, exist_ok=True)
             save_model(model, args.out / "model.safetensors")
 
 
