@@ -1,0 +1,384 @@
+"""Make a Jupyter notebook of every chapter of the book, and one of all its exercises.
+
+Each chapter in docs/ that has Python snippets becomes docs/notebooks/<chapter>.ipynb:
+
+- the prose becomes Markdown cells, one per section, with links to other pages and
+  figures pointing at the published site (the notebook has no site beside it);
+- each ```python snippet becomes a code cell, and the output the page shows for it
+  (checked by the tests) becomes the cell's output, so an unrun notebook reads like
+  the page; a chain of `cont` blocks prints into its last cell, as on the page;
+- library blocks (the ones under a `tangle` marker) start with a comment naming their
+  file in `src/llmbook/`; cells that need a CUDA GPU say so and carry the tag `gpu`;
+  figure blocks carry `figure`, exercise solutions `solution` (and start folded), and
+  a cell that continues the one before (a `cont` block) `continued`;
+- a setup cell after the title installs the `llmbook` package where it is missing
+  (Colab, a fresh Jupyter) and fetches the story the chapters read.
+
+docs/notebooks/exercises.ipynb collects the exercises of every chapter; the site shows
+it as a page (mkdocs-jupyter). The notebooks are committed, so that Colab can open them
+from the repository, and like src/ they must not drift from the chapters:
+
+    python tools/notebooks.py           write docs/notebooks/ from the chapters
+    python tools/notebooks.py --check   exit 1 and name each notebook that differs
+
+Only the standard library is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+OUT_DIR = "docs/notebooks"
+EXERCISES = "exercises.ipynb"
+
+FENCE_OPEN = re.compile(r"^(?P<ticks>`{3,})(?P<info>[^`]*)$")
+ADMONITION = re.compile(
+    r"^(?P<indent>[ \t]*)(?:!!!|\?\?\?\+?)\s+(?P<kind>\w+)"
+    r'(?:\s+"(?P<title>[^"]*)")?\s*$'
+)
+MARKER = re.compile(r"^<!--\s*(?P<body>.*?)\s*-->\s*$")
+HEADING = re.compile(r"^#{1,6} ")
+# A relative link or image in Markdown: ](target) with no scheme.
+LINK = re.compile(r"\]\((?!https?:|mailto:|#)(?P<target>[^)\s]+)\)")
+GPU_NOTE = "# Needs a CUDA GPU; a cell beside it runs the same code on a CPU, smaller."
+
+
+def _config_value(name: str) -> str:
+    """A top-level `name: value` of mkdocs.yml (read without a YAML library)."""
+    text = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
+    match = re.search(rf"^{name}:\s*(\S+)\s*$", text, re.M)
+    if match is None:
+        raise SystemExit(f"mkdocs.yml has no {name}")
+    return match[1]
+
+
+def site_url() -> str:
+    return _config_value("site_url").rstrip("/") + "/"
+
+
+def repo_url() -> str:
+    return _config_value("repo_url").rstrip("/")
+
+
+def colab_url(notebook: str) -> str:
+    """The address at which Colab opens a notebook of docs/notebooks/ from GitHub."""
+    owner_repo = repo_url().removeprefix("https://github.com/")
+    return (
+        f"https://colab.research.google.com/github/{owner_repo}/blob/main/"
+        f"{OUT_DIR}/{notebook}"
+    )
+
+
+def setup_code() -> str:
+    return f"""\
+# Setup: install the book's library where it is missing (Colab, a fresh
+# Jupyter), and put the story the chapters read in the working folder.
+import importlib
+import importlib.util
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+if importlib.util.find_spec("llmbook") is None:
+    package = "llmbook[notebooks] @ git+{repo_url()}"
+    pip = [sys.executable, "-m", "pip", "install", "-q", package]
+    subprocess.run(pip, check=True)
+    importlib.invalidate_caches()
+if not Path("the-verdict.txt").exists():
+    from llmbook.data import data_file
+
+    shutil.copyfile(data_file("the-verdict.txt"), "the-verdict.txt")"""
+
+
+@dataclass
+class Line:
+    text: str
+    box: str | None  # the title of the admonition the line is in, if any
+
+
+@dataclass
+class Cell:
+    kind: str  # "markdown" or "code"
+    source: str
+    tags: list[str] = field(default_factory=list)
+    output: str | None = None  # what the page shows the cell (or its chain) print
+    hidden: bool = False
+
+
+def flatten(markdown: str) -> list[Line]:
+    """The page's lines with admonitions opened up: the header becomes a bold title
+    and the body loses its indentation (notebooks know no admonitions)."""
+    lines: list[Line] = []
+    box: tuple[int, str] | None = None  # (indentation of the body, title)
+    for raw in markdown.split("\n"):
+        if box is not None:
+            indent, title = box
+            if not raw.strip():
+                lines.append(Line("", title))
+                continue
+            if raw.startswith(" " * indent):
+                lines.append(Line(raw[indent:], title))
+                continue
+            box = None
+        match = ADMONITION.match(raw)
+        if match:
+            title = match["title"] or match["kind"].capitalize()
+            box = (len(match["indent"]) + 4, title)
+            lines.append(Line(f"**{title}**", title))
+            lines.append(Line("", title))
+            continue
+        lines.append(Line(raw, None))
+    return lines
+
+
+def _absolute_links(text: str) -> str:
+    """Links to the book's pages and figures, as addresses on the published site."""
+
+    def replace(match: re.Match) -> str:
+        target = match["target"]
+        path, _, anchor = target.partition("#")
+        if path.endswith(".md"):
+            page = path.removesuffix(".md")
+            url = site_url() if page == "index" else f"{site_url()}{page}/"
+        else:
+            url = site_url() + path
+        return f"]({url}{'#' + anchor if anchor else ''})"
+
+    return LINK.sub(replace, text)
+
+
+def cells_of(markdown: str, where: str) -> list[Cell]:
+    """The notebook cells of one page, in order."""
+    lines = flatten(markdown)
+    cells: list[Cell] = []
+    prose: list[str] = []
+    markers: list[str] = []
+    last_code: Cell | None = None
+
+    def flush() -> None:
+        text = "\n".join(prose).strip("\n")
+        if text.strip():
+            cells.append(Cell("markdown", _absolute_links(text)))
+        prose.clear()
+
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        marker = MARKER.match(line.text)
+        if marker:
+            markers.append(marker["body"])
+            i += 1
+            continue
+        fence = FENCE_OPEN.match(line.text)
+        if not fence:
+            if HEADING.match(line.text):
+                flush()
+            if line.text.strip() or prose:
+                prose.append(line.text)
+            i += 1
+            continue
+        # A fence: find its end.
+        end = i + 1
+        while end < len(lines) and lines[end].text.rstrip() != fence["ticks"]:
+            end += 1
+        if end == len(lines):
+            raise SystemExit(f"{where}:{i + 1}: a code fence that never closes")
+        body = "\n".join(line.text for line in lines[i + 1 : end])
+        info = fence["info"].strip()
+        if any(m.startswith("pytest-codeblocks:expected-output") for m in markers):
+            if last_code is None:
+                raise SystemExit(f"{where}:{i + 1}: an output with no code before it")
+            last_code.output = body
+        elif info == "python":
+            flush()
+            source = body
+            tags = []
+            for m in markers:
+                if m.startswith("tangle:"):
+                    target = m.removeprefix("tangle:").strip()
+                    source = f"# Library code: {target}\n{source}"
+                    tags.append("library")
+                elif m.startswith("figure:"):
+                    tags.append("figure")
+                elif m.startswith("pytest.mark.skipif") and "cuda" in m:
+                    source = f"{GPU_NOTE}\n{source}"
+                    tags.append("gpu")
+            if "pytest-codeblocks:cont" in markers:
+                tags.append("continued")  # prints into the chain's last cell
+            solution = line.box == "Solution"
+            if solution:
+                tags.append("solution")
+            last_code = Cell("code", source, tags, hidden=solution)
+            cells.append(last_code)
+        else:  # commands and other text the page shows as it is
+            prose.extend(line.text for line in lines[i : end + 1])
+        markers = []
+        i = end + 1
+    flush()
+    return cells
+
+
+def _title(markdown: str) -> str:
+    match = re.search(r"^# (.+)$", markdown, re.M)
+    return match[1].strip() if match else "?"
+
+
+def _intro(page: str, title: str) -> Cell:
+    url = f"{site_url()}{page.removesuffix('.md')}/"
+    return Cell(
+        "markdown",
+        f"This notebook is [{title}]({url}) of *Build a GPT-style LLM from scratch*, "
+        "made from the page: the same prose, the same code and, under each cell, the "
+        "output that the book's tests checked. Run the cells from the top; the first "
+        "one installs the book's library `llmbook` if it is missing. Library cells "
+        "(marked `# Library code`) define the code of the package's modules here as "
+        "well, so you can change them and see what happens. Cells marked as needing a "
+        "CUDA GPU are followed by a smaller version that runs on a CPU.",
+    )
+
+
+def chapter_notebook(page: Path) -> dict | None:
+    markdown = page.read_text(encoding="utf-8")
+    cells = cells_of(markdown, f"docs/{page.name}")
+    if not any(cell.kind == "code" for cell in cells):
+        return None
+    head, rest = cells[0], cells[1:]
+    setup = Cell("code", setup_code(), ["setup"])
+    return notebook([head, _intro(page.name, _title(markdown)), setup, *rest])
+
+
+def exercises_notebook(pages: list[Path]) -> dict:
+    cells = [
+        Cell(
+            "markdown",
+            "# Exercises\n\nThe exercises of every chapter in one notebook, each with "
+            "the solution the book checks (folded in Jupyter: try first). Each "
+            "chapter's exercises build on that chapter's library code, which the "
+            "setup cell below installs; a few read files that a chapter writes, as "
+            "their text says. The chapters themselves are notebooks too: see "
+            f"[Notebooks]({site_url()}notebooks/).",
+        ),
+        Cell("code", setup_code(), ["setup"]),
+    ]
+    for page in pages:
+        markdown = page.read_text(encoding="utf-8")
+        start = re.search(r"^## Exercises\s*$", markdown, re.M)
+        if start is None:
+            continue
+        section = markdown[start.end() :]
+        following = re.search(r"^## ", section, re.M)
+        if following:
+            section = section[: following.start()]
+        url = f"{site_url()}{page.stem}/"
+        heading = f"## [{_title(markdown)}]({url})"
+        cells.append(Cell("markdown", heading))
+        cells.extend(cells_of(section, f"docs/{page.name}"))
+    return notebook(cells)
+
+
+def notebook(cells: list[Cell]) -> dict:
+    def cell_json(index: int, cell: Cell) -> dict:
+        data: dict = {
+            "cell_type": cell.kind,
+            "id": f"cell-{index}",
+            "metadata": {},
+            "source": cell.source.splitlines(keepends=True),
+        }
+        if cell.tags:
+            data["metadata"]["tags"] = cell.tags
+        if cell.hidden:
+            data["metadata"]["jupyter"] = {"source_hidden": True}
+        if cell.kind == "code":
+            data["execution_count"] = None
+            data["outputs"] = []
+            if cell.output is not None:
+                text = cell.output + "\n"
+                data["outputs"].append(
+                    {
+                        "name": "stdout",
+                        "output_type": "stream",
+                        "text": text.splitlines(keepends=True),
+                    }
+                )
+        return data
+
+    return {
+        "cells": [cell_json(i, cell) for i, cell in enumerate(cells)],
+        "metadata": {
+            "kernelspec": {
+                "display_name": "Python 3",
+                "language": "python",
+                "name": "python3",
+            },
+            "language_info": {"name": "python"},
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+
+
+def chapter_pages() -> list[Path]:
+    return sorted(DOCS.glob("[0-9][0-9]-*.md")) + sorted(DOCS.glob("appendix-*.md"))
+
+
+def render() -> dict[str, str]:
+    """Every notebook's file name and its text."""
+    out: dict[str, str] = {}
+    pages = chapter_pages()
+    for page in pages:
+        nb = chapter_notebook(page)
+        if nb is not None:
+            out[page.stem + ".ipynb"] = _dump(nb)
+    out[EXERCISES] = _dump(exercises_notebook(pages))
+    return out
+
+
+def _dump(nb: dict) -> str:
+    return json.dumps(nb, indent=1, ensure_ascii=False, sort_keys=True) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--check", action="store_true", help="report notebooks that differ; write none"
+    )
+    args = parser.parse_args(argv)
+    wanted = render()
+    out_dir = ROOT / OUT_DIR
+    present = {p.name for p in out_dir.glob("*.ipynb")} if out_dir.is_dir() else set()
+    differ = [
+        name
+        for name, text in wanted.items()
+        if not (out_dir / name).is_file()
+        or (out_dir / name).read_text(encoding="utf-8") != text
+    ]
+    extra = sorted(present - set(wanted))
+    if args.check:
+        for name in differ:
+            print(f"{OUT_DIR}/{name} differs from the chapters", file=sys.stderr)
+        for name in extra:
+            print(f"{OUT_DIR}/{name} has no chapter", file=sys.stderr)
+        if differ or extra:
+            print("run: python tools/notebooks.py", file=sys.stderr)
+            return 1
+        return 0
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in differ:
+        (out_dir / name).write_text(wanted[name], encoding="utf-8")
+        print(f"wrote {OUT_DIR}/{name}")
+    for name in extra:
+        (out_dir / name).unlink()
+        print(f"removed {OUT_DIR}/{name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
