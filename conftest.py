@@ -3,7 +3,7 @@
 The snippet run of the chapters (pytest-codeblocks) executes every figure block of the
 book, which for chapters 7-9 means training a model. The figure such a block draws is
 saved into the site build's figure cache, under the key the build computes from the
-same code and library (tools/mkdocs_hooks.py), and the site-build test runs last. So
+same code and library (tools/mkdocs_hooks.py), and the site's tests run last. So
 the site build shows exactly what the tested code drew, without training again.
 """
 
@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "tools"))
 
 import mkdocs_hooks  # noqa: E402  (tools/ is not a package)
 
-SITE_BUILD_TEST = "test_site_builds_strictly_without_warnings"
+SITE_TESTS = "test_site.py"  # the site build and the browser tests
 
 
 def _figure_block(item: pytest.Item) -> mkdocs_hooks.FigureBlock | None:
@@ -59,5 +59,5 @@ def pytest_runtest_call(item: pytest.Item):
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Build the site after the chapters' snippets, so that it finds their figures."""
-    last = [item for item in items if item.name == SITE_BUILD_TEST]
-    items[:] = [item for item in items if item.name != SITE_BUILD_TEST] + last
+    last = [item for item in items if item.path.name == SITE_TESTS]
+    items[:] = [item for item in items if item.path.name != SITE_TESTS] + last

@@ -142,8 +142,8 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters())
     print(
         f"model: emb {cfg.emb_dim}, {cfg.n_layers} layers, {cfg.n_heads} heads, "
-        f"context {cfg.context_length}, batch {args.batch}, {params / 1e6:.1f}M "
-        f"parameters, {per_token / 1e6:.0f} MFLOP per token"
+        f"context {cfg.context_length}, batch {args.batch},\n"
+        f"       {params / 1e6:.1f}M parameters, {per_token / 1e6:.0f} MFLOP per token"
     )
     threads = f", {torch.get_num_threads()} threads" if args.device == "cpu" else ""
     print(

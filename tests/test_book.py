@@ -1,9 +1,6 @@
 """The book as a whole: snippet conventions, the MkDocs hooks, the strict site build."""
 
-import os
 import re
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -287,39 +284,32 @@ def test_the_snippet_run_caches_the_figure_the_site_shows(pytester, monkeypatch)
     assert mkdocs_hooks.draw_page_figures(FIGURE_PAGE, "page.md") == svgs  # same bytes
 
 
-def test_site_builds_strictly_without_warnings(tmp_path):
-    """`mkdocs build --strict` makes every warning (a broken link, say) a failure.
+def _chapter_table(page: Path) -> dict[str, tuple[str, set[str]]]:
+    """A page's table of chapters: link target -> (what it builds, its modules)."""
+    rows = {}
+    for line in page.read_text(encoding="utf-8").splitlines():
+        row = re.match(r"\| \[[^\]]+\]\(([\w-]+\.md)\) \| (.+?) \| (.+?) \|$", line)
+        if row:
+            modules = {m.removesuffix(".py") for m in re.findall(r"`([\w.]+)`", row[3])}
+            rows[row[1]] = (row[2], modules)
+    return rows
 
-    Drawing the figures runs their code, and the training plots of chapters 7-9
-    read the data files and GPT-2's tokenizer files: the build uses the local
-    copies that LLMBOOK_DATA_DIR and TIKTOKEN_CACHE_DIR name (CI has no network).
-    conftest.py runs this test last, after the chapters' snippets, so the build
-    takes the figures those drew from the cache instead of training again; run
-    alone, it draws them itself. Either way nothing is written into the repository.
-    """
-    before = {p.name for p in ROOT.iterdir()}
-    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
-    site = tmp_path / "site"
-    result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "WARNING" not in result.stderr
-    built = [p.relative_to(site).as_posix() for p in site.rglob("*")]
-    assert "02-tokenization/index.html" in built
-    figures = [
-        match["path"]
-        for chapter in CHAPTERS
-        for match in mkdocs_hooks.FIGURE.finditer(chapter.read_text())
-    ]
-    assert len(figures) >= 3
-    for figure in figures:  # drawn by the code on the page, at build time
-        assert figure in built
-        assert (site / figure).read_bytes().startswith(b"<?xml")
-    page = (site / "02-tokenization" / "index.html").read_text()
-    assert 'class="filename">src/llmbook/tokenizer.py</span>' in page
-    assert {p.name for p in ROOT.iterdir()} <= before | {".cache"}
+
+def test_the_chapter_tables_agree_with_each_other_and_with_the_chapters():
+    """The home page and chapter 1 list the chapters alike, and each row names the
+    modules that the chapter's library blocks go into."""
+    home = _chapter_table(ROOT / "docs" / "index.md")
+    plan = _chapter_table(ROOT / "docs" / "01-introduction.md")
+    assert len(home) >= 14
+    assert {
+        page: row for page, row in home.items() if page != "01-introduction.md"
+    } == plan
+    listed = set(home)
+    for chapter in CHAPTERS:
+        targets = re.findall(
+            r"<!--tangle: src/llmbook/(\w+)\.py-->", chapter.read_text()
+        )
+        if chapter.name in listed:
+            assert home[chapter.name][1] == set(targets), chapter.name
+        elif chapter.name not in {"index.md", "notebooks.md"}:
+            pytest.fail(f"the home page's table leaves out {chapter.name}")

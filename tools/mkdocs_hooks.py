@@ -3,7 +3,14 @@
 - A ```python fence under `<!--tangle: src/llmbook/NAME.py-->` gets the target path as
   its title, so the reader sees which module the code belongs to.
 - The fence after `<!--pytest-codeblocks:expected-output-->` is titled "Output".
-- A fence under the CUDA skip mark is titled as needing a GPU.
+- A fence under the CUDA skip mark is titled as needing a GPU, and one that continues
+  the block before it (`pytest-codeblocks:cont`) says so.
+- A chapter with a notebook (docs/notebooks/, made by tools/notebooks.py) links to it
+  under its heading: a download, and the same file opened in Colab. The line
+  `<!--notebook-table-->` becomes a table of all the notebooks.
+- Formulas (`$...$` and `$$...$$`, which pymdownx.arithmatex keeps away from Markdown)
+  become MathML when the site is built, so pages show them with no script and no
+  network: every current browser draws MathML itself.
 - A ```python fence under `<!--figure: figures/NAME.svg-->` draws that file of the
   site: the matplotlib figure it leaves in the variable `fig`. The same block runs
   under pytest like every other snippet, and the figure that run draws is cached
@@ -15,10 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import html
 import io
 import logging
 import os
 import re
+import sys
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -35,6 +44,7 @@ OUTPUT = re.compile(
     r"\n(?:[ \t]*\n)*" + FENCE,
     re.M,
 )
+CONT = re.compile(r"^[ \t]*<!--\s*pytest-codeblocks:cont\s*-->\n" + FENCE, re.M)
 GPU = re.compile(
     r"^[ \t]*<!--\s*pytest\.mark\.skipif\(.*cuda\.is_available\(\).*-->\n" + FENCE, re.M
 )
@@ -45,7 +55,19 @@ FIGURE = re.compile(
     re.M | re.S,
 )
 
+# What pymdownx.arithmatex (generic mode) leaves of a formula in the page's HTML.
+MATH = re.compile(
+    r'<span class="arithmatex">\\\((?P<inline>.*?)\\\)</span>'
+    r'|<div class="arithmatex">\\\[(?P<display>.*?)\\\]</div>',
+    re.S,
+)
+
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT / "tools") not in sys.path:  # MkDocs loads this file alone, and only
+    sys.path.insert(0, str(ROOT / "tools"))  # while it does can it import a neighbour
+
+import notebooks  # noqa: E402
+
 # Drawn figures, by a key over their code and the library: the snippet tests leave
 # theirs here (see conftest.py), so building the site does not train models again.
 FIGURE_CACHE = Path(os.environ.get("LLMBOOK_FIGURE_CACHE", ROOT / ".cache" / "figures"))
@@ -61,12 +83,144 @@ def _titled(match: re.Match, title: str, css_class: str = "") -> str:
     return f'{opening}{info} title="{title}"\n'
 
 
-def on_page_markdown(markdown: str, **kwargs) -> str:
+def notebook_links(markdown: str, page_path: str) -> str:
+    """The page with a line under its heading that offers the page's notebook."""
+    name = Path(page_path).stem + ".ipynb"
+    if not (ROOT / notebooks.OUT_DIR / name).is_file():
+        return markdown
+    links = (
+        f"[:material-download: Download this chapter as a notebook]"
+        f"(notebooks/{name}){{ download .notebook-link }} "
+        f"[:material-google: Open it in Colab]({notebooks.colab_url(name)})"
+        "{ .notebook-link }"
+    )
+    heading = re.search(r"^# .*\n", markdown, re.M)
+    if heading is None:
+        return markdown
+    end = heading.end()
+    return f"{markdown[:end]}\n{links}\n{markdown[end:]}"
+
+
+def notebook_table() -> str:
+    """A Markdown table of the chapters' notebooks: title, download, Colab."""
+    rows = ["| chapter | notebook | Colab |", "|---|---|---|"]
+    for page in notebooks.chapter_pages():
+        name = page.stem + ".ipynb"
+        if not (ROOT / notebooks.OUT_DIR / name).is_file():
+            continue
+        title = re.search(r"^# (.+)$", page.read_text(encoding="utf-8"), re.M)
+        rows.append(
+            f"| [{title[1] if title else page.stem}]({page.name}) "
+            f"| [{name}](notebooks/{name}){{ download }} "
+            f"| [open in Colab]({notebooks.colab_url(name)}) |"
+        )
+    return "\n".join(rows)
+
+
+def on_page_markdown(markdown: str, page=None, **kwargs) -> str:
+    if page is not None:
+        markdown = notebook_links(markdown, page.file.src_uri)
+    table = re.compile(r"^<!--\s*notebook-table\s*-->$", re.M)
+    markdown = table.sub(lambda m: notebook_table(), markdown)
     markdown = TANGLE.sub(lambda m: _titled(m, m["path"]), markdown)
     markdown = OUTPUT.sub(lambda m: _titled(m, "Output", "output"), markdown)
     gpu_title = "Needs a CUDA GPU (skipped on CPU)"
     markdown = GPU.sub(lambda m: _titled(m, gpu_title), markdown)
+    continued = "Continues the code above, in the same session"
+    markdown = CONT.sub(lambda m: _titled(m, continued), markdown)
     return markdown
+
+
+def mathml(tex: str, display: bool = False) -> str:
+    """One TeX formula as MathML, with the TeX kept in `alttext` for copying."""
+    from latex2mathml.converter import convert
+
+    try:
+        markup = convert(tex, display="block" if display else "inline")
+    except Exception as error:  # a formula the converter cannot read fails the build
+        message = f"cannot turn the formula {tex!r} into MathML: {error}"
+        raise ValueError(message) from None
+    alt = html.escape(tex, quote=True)
+    return markup.replace("<math ", f'<math alttext="{alt}" ', 1)
+
+
+# The drawn width of each figure in CSS pixels, by its path in the site (on_files).
+FIGURE_WIDTHS: dict[str, float] = {}
+FIGURE_IMG = re.compile(
+    r'<img (?P<attrs>[^>]*?)src="(?P<src>[^"]*?(?P<path>figures/[^"/]+\.svg))"'
+)
+
+
+def svg_width(svg: bytes) -> float | None:
+    """The width of a matplotlib SVG in CSS pixels (it is written in points)."""
+    match = re.search(rb'<svg[^>]*?\swidth="(?P<value>[\d.]+)(?P<unit>pt|px)?"', svg)
+    if match is None:
+        return None
+    value = float(match["value"])
+    return value * 4 / 3 if match["unit"] == b"pt" else value
+
+
+def on_page_content(content: str, **kwargs) -> str:
+    def replace(match: re.Match) -> str:
+        if match["display"] is not None:
+            return mathml(html.unescape(match["display"]).strip(), display=True)
+        return mathml(html.unescape(match["inline"]).strip())
+
+    def sized(match: re.Match) -> str:  # the figure's drawn width, for the phone CSS
+        width = FIGURE_WIDTHS.get(match["path"])
+        if width is None:
+            return match[0]
+        return f'<img style="--figure-width: {width:.0f}px" {match[0][5:]}'
+
+    return FIGURE_IMG.sub(sized, MATH.sub(replace, content))
+
+
+# What nbconvert (under mkdocs-jupyter) puts on a notebook's page besides the cells: a
+# MathJax loader and a Mermaid loader that fetch from CDNs. Math is MathML here instead.
+NOTEBOOK_SCRIPTS = re.compile(
+    r"<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->"
+    r'|<script type="module">(?:(?!</script>).)*?cdnjs\.cloudflare\.com.*?</script>',
+    re.S,
+)
+# Parts of an HTML page whose text is not prose: formulas are never looked for there.
+NOT_PROSE = re.compile(
+    r"(<(pre|code|script|style|math|textarea)\b.*?</\2>|<[^>]*>)", re.S | re.I
+)
+DOLLAR_MATH = re.compile(
+    r"\$\$(?P<display>[^$<]+?)\$\$"
+    r"|(?<![\\$\w])\$(?P<inline>[^\s$<](?:[^$<]*?[^\s$<\\])?)\$(?![\w$])"
+)
+
+
+def notebook_math(content: str) -> str:
+    """A rendered notebook's `$...$` formulas (nbconvert leaves them to MathJax) as
+    MathML, outside code, tags and scripts; and no script fetched from a CDN."""
+    content = NOTEBOOK_SCRIPTS.sub("", content)
+
+    def formulas(text: str) -> str:
+        def replace(match: re.Match) -> str:
+            if match["display"] is not None:
+                return mathml(html.unescape(match["display"]).strip(), display=True)
+            return mathml(html.unescape(match["inline"]))
+
+        return DOLLAR_MATH.sub(replace, text)
+
+    parts = NOT_PROSE.split(content)
+    # split() returns text, then the two groups of each match; only text is prose
+    out = []
+    for index, part in enumerate(parts):
+        kind = index % 3
+        if kind == 0:
+            out.append(formulas(part))
+        elif kind == 1:
+            out.append(part)
+    return "".join(out)
+
+
+def on_post_page(output: str, page=None, **kwargs) -> str:
+    if page is not None and page.file.src_uri.endswith(".ipynb"):
+        return notebook_math(output)
+    return output
 
 
 class FigureBlock(NamedTuple):
@@ -187,6 +341,9 @@ def on_files(files: Files, config, **kwargs) -> Files:
         if not FIGURE.search(text):
             continue
         for src_uri, svg in draw_page_figures(text, page.src_uri).items():
+            width = svg_width(svg)
+            if width is not None:
+                FIGURE_WIDTHS[src_uri] = width
             if files.get_file_from_path(src_uri) is None:
                 files.append(File.generated(config, src_uri, content=svg))
     return files

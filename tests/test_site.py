@@ -1,0 +1,342 @@
+"""The site as a reader gets it: built strictly, then opened page by page in Chromium.
+
+conftest.py runs this module last, after the chapters' snippets, so that the build
+takes the figures those drew from the cache instead of training again; run alone, the
+build draws them itself. The browser tests need Chromium (Debian: `apt-get install
+chromium`; set LLMBOOK_CHROMIUM to use another binary) and the Python package
+playwright, which drives it; they are skipped, with the reason, where either is missing.
+The pages are served from localhost, and every request to another host fails the test:
+the site must work with no network.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urljoin, urlparse
+
+import pytest
+
+import mkdocs_hooks
+import tangle
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAPTERS = tangle.nav_chapters(ROOT)
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"width": 390, "height": 844}
+# Text that only TeX leaves: \( \) \[ \] delimiters, or a command inside dollars.
+RAW_TEX = re.compile(r"\\[()\[\]]|\$[^$\n]*\\[a-zA-Z]+[^$\n]*\$")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """`mkdocs build --strict` into a scratch folder; the build must print no warning.
+
+    Drawing the figures runs their code, and the training plots of chapters 7-9 read
+    the data files and GPT-2's tokenizer files: the build uses the local copies that
+    LLMBOOK_DATA_DIR and TIKTOKEN_CACHE_DIR name (CI has no network). Nothing is
+    written into the repository."""
+    before = {p.name for p in ROOT.iterdir()}
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    out = tmp_path_factory.mktemp("site") / "site"
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "WARNING" not in result.stderr
+    assert {p.name for p in ROOT.iterdir()} <= before | {".cache"}
+    return out
+
+
+def test_site_builds_strictly_without_warnings(site):
+    built = [p.relative_to(site).as_posix() for p in site.rglob("*")]
+    assert "02-tokenization/index.html" in built
+    figures = [
+        match["path"]
+        for chapter in CHAPTERS
+        for match in mkdocs_hooks.FIGURE.finditer(chapter.read_text())
+    ]
+    assert len(figures) >= 3
+    for figure in figures:  # drawn by the code on the page, at build time
+        assert figure in built
+        assert (site / figure).read_bytes().startswith(b"<?xml")
+    page = (site / "02-tokenization" / "index.html").read_text()
+    assert 'class="filename">src/llmbook/tokenizer.py</span>' in page
+    # the chapter offers its notebook, which the site serves
+    assert 'href="../notebooks/02-tokenization.ipynb"' in page
+    assert "notebooks/02-tokenization.ipynb" in built
+    assert "notebooks/exercises/index.html" in built  # the notebook shown as a page
+    sitemap = (site / "sitemap.xml").read_text()
+    assert "<loc>https://" in sitemap and "/05-attention/</loc>" in sitemap
+
+
+def test_formulas_are_mathml_and_no_page_loads_anything_from_another_host(site):
+    attention = (site / "05-attention" / "index.html").read_text()
+    assert attention.count("<math ") >= 10
+    assert "\\(" not in attention and "arithmatex" not in attention
+    for page in site.rglob("*.html"):
+        text = page.read_text(encoding="utf-8")
+        for tag in re.findall(r"<(?:script|link|img)\b[^>]*>", text):
+            if 'rel="canonical"' in tag:  # the page's address, not a download
+                continue
+            source = re.search(r'\b(?:src|href)="(https?:)?//', tag)
+            assert source is None, f"{page.relative_to(site)}: {tag}"
+
+
+def test_the_search_index_splits_file_names():
+    """`tokenizer.py` must find the page that shows `src/llmbook/tokenizer.py`: the
+    search separator splits at dots and slashes (a check of mkdocs.yml's setting)."""
+    text = (ROOT / "mkdocs.yml").read_text()
+    separator = re.search(r"separator: '(.+)'", text)
+    assert separator is not None
+    words = [w for w in re.split(separator[1], "src/llmbook/tokenizer.py") if w]
+    assert words == ["src", "llmbook", "tokenizer", "py"]
+
+
+# --- in the browser ------------------------------------------------------------
+
+
+def _chromium() -> str | None:
+    wanted = os.environ.get("LLMBOOK_CHROMIUM")
+    if wanted:
+        return wanted
+    for name in ["chromium", "chromium-browser", "google-chrome", "chrome"]:
+        if found := shutil.which(name):
+            return found
+    return None
+
+
+@pytest.fixture(scope="module")
+def served(site) -> Iterator[str]:
+    """The built site on a local port, as `python -m http.server` would serve it."""
+    handler = functools.partial(QuietHandler, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002  (the base class's name)
+        pass
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = _chromium()
+    if executable is None:
+        pytest.skip("no Chromium installed (Debian: apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the Python package playwright is not installed")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=executable,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield chromium
+        chromium.close()
+
+
+def _pages(site: Path) -> list[str]:
+    """Every page of the site, as a path below its root ('' for the home page)."""
+    pages = []
+    for index in sorted(site.rglob("index.html")):
+        path = index.parent.relative_to(site).as_posix()
+        if path.startswith(("assets", "search")):
+            continue
+        pages.append("" if path == "." else path + "/")
+    return pages
+
+
+class Visit:
+    """What happens while one page loads: console errors, failed or outside requests."""
+
+    def __init__(self, page, base: str):
+        self.problems: list[str] = []
+        self.base = base
+        page.on("console", self.console)
+        page.on("pageerror", lambda error: self.problems.append(f"page error: {error}"))
+        page.on("requestfailed", self.failed)
+        page.on("response", self.response)
+        page.route("**/*", self.route)
+
+    def console(self, message):
+        if message.type == "error":
+            self.problems.append(f"console error: {message.text}")
+
+    def failed(self, request):
+        self.problems.append(f"failed request: {request.url} ({request.failure})")
+
+    def response(self, response):
+        if response.status >= 400:
+            self.problems.append(f"HTTP {response.status}: {response.url}")
+
+    def route(self, route):
+        url = route.request.url
+        if url.startswith(self.base) or url.startswith(("data:", "blob:")):
+            route.continue_()
+        else:  # the site must not need the network
+            self.problems.append(f"request to another host: {url}")
+            route.abort()
+
+
+CHECK_PAGE = """() => {
+  const broken = [...document.images]
+    .filter(img => !img.complete || img.naturalWidth === 0)
+    .map(img => img.src);
+  const links = [...document.querySelectorAll("a[href]")].map(a => a.href);
+  const ids = [...document.querySelectorAll("[id]")].map(e => e.id);
+  const article = document.querySelector("article") || document.body;
+  const scrolling = [...document.querySelectorAll(
+      ".md-typeset pre > code, .jp-InputArea-editor pre")]
+    .filter(code => code.scrollWidth > code.clientWidth + 1)
+    .map(code => code.textContent.split("\\n")[0]);
+  return {broken, links, ids, text: article.innerText, scrolling,
+          h1: (document.querySelector("article h1") || {}).textContent || ""};
+}"""
+
+
+def _open(browser, url: str, base: str, viewport: dict, dark: bool = False):
+    context = browser.new_context(
+        viewport=viewport, color_scheme="dark" if dark else "light"
+    )
+    page = context.new_page()
+    visit = Visit(page, base)
+    page.goto(url, wait_until="load")
+    page.wait_for_timeout(200)  # late scripts and their errors
+    return context, page, visit
+
+
+def test_every_page_loads_cleanly_in_chromium(browser, served, site):
+    """Each page at desktop width: no console error, no failed request or request to
+    another host, no raw TeX, no broken image, no link into the site that leads
+    nowhere (page or anchor), and no code block that scrolls sideways."""
+    problems: list[str] = []
+    anchors: dict[str, set[str]] = {}
+    links: dict[str, list[str]] = {}
+    for path in _pages(site):
+        context, page, visit = _open(browser, served + path, served, DESKTOP)
+        found = page.evaluate(CHECK_PAGE)
+        context.close()
+        where = path or "home"
+        problems += [f"{where}: {p}" for p in visit.problems]
+        problems += [f"{where}: broken image {src}" for src in found["broken"]]
+        problems += [f"{where}: code scrolls: {line}" for line in found["scrolling"]]
+        tex = RAW_TEX.search(found["text"])
+        if tex:
+            problems.append(f"{where}: raw TeX {tex[0]!r}")
+        anchors[served + path] = set(found["ids"])
+        links[where] = found["links"]
+    for where, hrefs in links.items():
+        for href in hrefs:
+            if not href.startswith(served):
+                continue
+            target, _, anchor = href.partition("#")
+            relative = urlparse(target).path.lstrip("/")
+            on_disk = site / relative
+            if on_disk.is_dir():
+                on_disk = on_disk / "index.html"
+            if not on_disk.is_file():
+                problems.append(f"{where}: link to a missing page {href}")
+            elif anchor and target in anchors and anchor not in anchors[target]:
+                problems.append(f"{where}: link to a missing anchor {href}")
+    assert problems == [], "\n".join(problems)
+
+
+def test_menu_labels_are_the_page_headings(browser, served, site):
+    context, page, _ = _open(browser, served, served, DESKTOP)
+    items = page.evaluate(
+        """() => [...document.querySelectorAll("nav.md-nav--primary a.md-nav__link")]
+          .map(a => [a.getAttribute("href"), a.textContent.trim()])"""
+    )
+    context.close()
+    checked = 0
+    for href, label in items:
+        target = urljoin(served, href)
+        if target == served or "#" in href:
+            continue  # the home page is "Home"
+        relative = urlparse(target).path.lstrip("/")
+        html = (site / relative / "index.html").read_text(encoding="utf-8")
+        heading = re.search(r"<h1[^>]*>(.*?)(?:<a class=\"headerlink\".*?)?</h1>", html)
+        assert heading is not None, relative
+        text = re.sub(r"<[^>]+>", "", heading[1]).replace("&para;", "")
+        text = text.replace("¶", "").strip()  # the anchor links of a notebook page
+        assert label == text.replace("&amp;", "&"), relative
+        checked += 1
+    assert checked >= 14
+
+
+def test_search_finds_attention_and_file_names(browser, served):
+    context, page, visit = _open(browser, served, served, DESKTOP)
+    for query, page_name in [("attention", "05-attention"), ("tokenizer.py", "02-")]:
+        page.fill("input.md-search__input", query)  # in the header at this width
+        page.wait_for_selector(".md-search-result__item", state="attached")
+        results = page.eval_on_selector_all(
+            ".md-search-result__item a", "links => links.map(a => a.href)"
+        )
+        assert any(page_name in href for href in results), (query, results[:5])
+        page.keyboard.press("Escape")
+    context.close()
+    assert visit.problems == []
+
+
+@pytest.mark.parametrize("dark", [False, True], ids=["light", "dark"])
+def test_chapters_read_well_on_a_phone(browser, served, dark):
+    """On a 390-pixel phone, light and dark: the page does not scroll sideways (wide
+    code and figures scroll inside themselves), figures keep a readable size, and the
+    copy button sits clear of the code's first line."""
+    for path in ["05-attention/", "07-pretraining/", "notebooks/exercises/"]:
+        context, page, visit = _open(browser, served + path, served, PHONE, dark)
+        found = page.evaluate(
+            """() => {
+              const doc = document.documentElement;
+              const figures = [...document.querySelectorAll(".md-typeset img")]
+                .map(img => [img.getAttribute("src"),
+                             img.getBoundingClientRect().width / img.naturalWidth]);
+              const overlaps = [...document.querySelectorAll(".md-typeset pre")]
+                .filter(pre => pre.querySelector(".md-clipboard"))
+                .filter(pre => {
+                  const button = pre.querySelector(".md-clipboard")
+                    .getBoundingClientRect();
+                  const code = pre.querySelector("code").getBoundingClientRect();
+                  const style = getComputedStyle(pre.querySelector("code"));
+                  const top = code.top + parseFloat(style.paddingTop);
+                  const lineEnd = top + parseFloat(style.lineHeight);
+                  return button.bottom > top && button.top < lineEnd
+                    && button.left < code.right - parseFloat(style.paddingRight);
+                }).length;
+              return {wide: doc.scrollWidth > doc.clientWidth, figures, overlaps};
+            }"""
+        )
+        context.close()
+        assert visit.problems == [], path
+        assert not found["wide"], f"{path} scrolls sideways"
+        assert found["overlaps"] == 0, path
+        for src, scale in found["figures"]:
+            if src.endswith(".svg"):
+                assert scale >= 0.6, (path, src, scale)
