@@ -149,7 +149,9 @@ def _stdout(cell) -> str:
     )
 
 
-@pytest.mark.parametrize("chapter", ["02-tokenization", "04-embeddings", "05-attention"])
+@pytest.mark.parametrize(
+    "chapter", ["02-tokenization", "04-embeddings", "05-attention"]
+)
 def test_a_chapter_notebook_runs_and_prints_what_the_page_shows(chapter, tmp_path):
     """Run the notebook in a Jupyter kernel, in an empty folder (the setup cell fetches
     the story), without the cells that need a GPU where there is none; each cell with a

@@ -369,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         if differ or extra:
             print("run: python tools/notebooks.py", file=sys.stderr)
             return 1
+        print(f"notebook check: {OUT_DIR}/ matches the chapters")
         return 0
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in differ:
