@@ -2,9 +2,9 @@
 
 The snippet run of the chapters (pytest-codeblocks) executes every figure block of the
 book, which for chapters 7-9 means training a model. The figure such a block draws is
-saved into the site build's figure cache, under the key the build computes from the
-same code and library (tools/mkdocs_hooks.py), and the site's tests run last. So
-the site build shows exactly what the tested code drew, without training again.
+saved into the figure cache, under the key that tools/figures.py computes from the
+same code (and library), where `python tools/figures.py` finds it instead of
+training again when a figure's code has changed. The site's tests run last.
 """
 
 import sys
@@ -14,17 +14,17 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "tools"))
 
-import mkdocs_hooks  # noqa: E402  (tools/ is not a package)
+import figures  # noqa: E402  (tools/ is not a package)
 
 SITE_TESTS = "test_site.py"  # the site build and the browser tests
 
 
-def _figure_block(item: pytest.Item) -> mkdocs_hooks.FigureBlock | None:
+def _figure_block(item: pytest.Item) -> figures.FigureBlock | None:
     """The figure block that a pytest-codeblocks item runs, if it runs one."""
     block = getattr(item, "obj", None)
     if item.path.suffix != ".md" or block is None or not hasattr(block, "lineno"):
         return None
-    for figure in mkdocs_hooks.page_figures(item.path.read_text(encoding="utf-8")):
+    for figure in figures.page_figures(item.path.read_text(encoding="utf-8")):
         if figure.line == block.lineno and _lines(figure.code) == _lines(block.code):
             return figure
     return None
@@ -50,7 +50,7 @@ def pytest_runtest_call(item: pytest.Item):
         result = yield  # the block runs; a failure raises here and caches nothing
         new = sorted(set(plt.get_fignums()) - before)
         if len(new) == 1:  # the block's `fig`; several would be ambiguous
-            mkdocs_hooks.store_figure(figure.path, figure.key, plt.figure(new[0]))
+            figures.store_figure(figure.path, figure.key, plt.figure(new[0]))
         return result
     finally:
         for number in set(plt.get_fignums()) - before:

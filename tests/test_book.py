@@ -8,6 +8,7 @@ import pytest
 import pytest_codeblocks
 import torch
 
+import figures
 import mkdocs_hooks
 import tangle
 
@@ -208,9 +209,9 @@ def test_hook_keeps_indentation_inside_admonitions():
 
 def test_figure_blocks_must_leave_a_figure():
     code = "import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([1, 2])"
-    assert hasattr(mkdocs_hooks._draw(code, "test"), "savefig")
+    assert hasattr(figures._draw(code, "test"), "savefig")
     with pytest.raises(RuntimeError, match="must leave a matplotlib Figure in `fig`"):
-        mkdocs_hooks._draw("x = 1", "page.md (figure figures/x.svg)")
+        figures._draw("x = 1", "page.md (figure figures/x.svg)")
 
 
 FIGURE_PAGE = """\
@@ -243,23 +244,23 @@ ax.plot([1, 2, 3])
 
 
 def test_a_page_draws_its_figures_in_order_in_a_scratch_folder(tmp_path, monkeypatch):
-    monkeypatch.setattr(mkdocs_hooks, "FIGURE_CACHE", tmp_path / "cache")
+    monkeypatch.setattr(figures, "FIGURE_CACHE", tmp_path / "cache")
     monkeypatch.chdir(tmp_path)
-    svgs = mkdocs_hooks.draw_page_figures(FIGURE_PAGE, "page.md")
+    svgs = figures.draw_page_figures(FIGURE_PAGE, "page.md")
     assert list(svgs) == ["figures/one.svg", "figures/two.svg"]
     assert all(svg.startswith(b"<?xml") for svg in svgs.values())
     assert svgs["figures/one.svg"] != svgs["figures/two.svg"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # nothing else
     # Drawn once, then cached: a second build runs no figure code.
-    monkeypatch.setattr(mkdocs_hooks, "_draw", lambda *args: pytest.fail("redrawn"))
-    assert mkdocs_hooks.draw_page_figures(FIGURE_PAGE, "page.md") == svgs
+    monkeypatch.setattr(figures, "_draw", lambda *args: pytest.fail("redrawn"))
+    assert figures.draw_page_figures(FIGURE_PAGE, "page.md") == svgs
 
 
 def test_a_figure_key_changes_with_its_code_and_earlier_figures():
-    keys = [block.key for block in mkdocs_hooks.page_figures(FIGURE_PAGE)]
-    assert keys == [block.key for block in mkdocs_hooks.page_figures(FIGURE_PAGE)]
+    keys = [block.key for block in figures.page_figures(FIGURE_PAGE)]
+    assert keys == [block.key for block in figures.page_figures(FIGURE_PAGE)]
     first = FIGURE_PAGE.replace("[1, 2, 3]", "[3, 2, 1]")
-    changed = [block.key for block in mkdocs_hooks.page_figures(first)]
+    changed = [block.key for block in figures.page_figures(first)]
     assert changed[0] != keys[0] and changed[1] != keys[1]  # the second depends on it
     assert len(set(keys)) == 2
 
@@ -275,13 +276,77 @@ def test_the_snippet_run_caches_the_figure_the_site_shows(pytester, monkeypatch)
         p.relative_to(cache).parent.as_posix() for p in cache.rglob("*.svg")
     )
     assert cached == ["figures/one", "figures/two"]
-    monkeypatch.setattr(mkdocs_hooks, "FIGURE_CACHE", cache)
-    monkeypatch.setattr(mkdocs_hooks, "_draw", lambda *args: pytest.fail("redrawn"))
-    svgs = mkdocs_hooks.draw_page_figures(FIGURE_PAGE, "page.md")
+    monkeypatch.setattr(figures, "FIGURE_CACHE", cache)
+    monkeypatch.setattr(figures, "_draw", lambda *args: pytest.fail("redrawn"))
+    svgs = figures.draw_page_figures(FIGURE_PAGE, "page.md")
     monkeypatch.undo()
     monkeypatch.chdir(pytester.path)
-    monkeypatch.setattr(mkdocs_hooks, "FIGURE_CACHE", pytester.path / "fresh")
-    assert mkdocs_hooks.draw_page_figures(FIGURE_PAGE, "page.md") == svgs  # same bytes
+    monkeypatch.setattr(figures, "FIGURE_CACHE", pytester.path / "fresh")
+    assert figures.draw_page_figures(FIGURE_PAGE, "page.md") == svgs  # same bytes
+
+
+def test_committed_figures_match_the_code_that_draws_them():
+    """Like src/, docs/figures/ is made from the pages: `python tools/figures.py`."""
+    assert figures.problems() == []
+
+
+def test_figures_are_committed_stamped_and_checked(tmp_path, monkeypatch):
+    monkeypatch.setattr(figures, "FIGURE_CACHE", tmp_path / "cache")
+    monkeypatch.chdir(tmp_path)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    page = docs / "page.md"
+    page.write_text(FIGURE_PAGE)
+    assert figures.problems(docs) == [
+        "figures/one.svg (docs/page.md:6): missing",
+        "figures/two.svg (docs/page.md:18): missing",
+    ]
+    assert figures.update(docs) == [
+        "wrote docs/figures/one.svg",
+        "wrote docs/figures/two.svg",
+    ]
+    assert figures.problems(docs) == []
+    keys = [block.key for block in figures.page_figures(FIGURE_PAGE)]
+    one = (docs / "figures" / "one.svg").read_bytes()
+    assert (
+        one.startswith(b"<?xml")
+        and figures.committed_key(docs / "figures" / "one.svg") == keys[0]
+    )
+    assert figures.update(docs) == []  # nothing to do: nothing drawn
+    # New code for the second figure: it alone is stale, and redrawn.
+    page.write_text(
+        FIGURE_PAGE.replace("ax.plot(numbers)", "ax.bar([0, 1, 2], numbers)")
+    )
+    assert figures.problems(docs) == ["figures/two.svg (docs/page.md:18): stale"]
+    (docs / "figures" / "old.svg").write_bytes(one)
+    assert (
+        figures.problems(docs)[-1]
+        == "docs/figures/old.svg: drawn by no figure block (delete it)"
+    )
+    assert figures.update(docs) == [
+        "wrote docs/figures/two.svg",
+        "deleted docs/figures/old.svg",
+    ]
+    assert figures.problems(docs) == []
+    assert (docs / "figures" / "one.svg").read_bytes() == one
+
+
+def test_only_figures_drawn_with_the_library_depend_on_its_sources(monkeypatch):
+    uses = FIGURE_PAGE.replace(
+        "    numbers = [int(n)", "    import llmbook\n\n    numbers = [int(n)"
+    )
+    assert uses != FIGURE_PAGE
+    before = (
+        [b.key for b in figures.page_figures(FIGURE_PAGE)],
+        [b.key for b in figures.page_figures(uses)],
+    )
+    monkeypatch.setattr(figures, "_library_fingerprint", lambda: "other sources")
+    after = (
+        [b.key for b in figures.page_figures(FIGURE_PAGE)],
+        [b.key for b in figures.page_figures(uses)],
+    )
+    assert after[0] == before[0]  # neither block imports llmbook
+    assert after[1][0] == before[1][0] and after[1][1] != before[1][1]
 
 
 def _chapter_table(page: Path) -> dict[str, tuple[str, set[str]]]:

@@ -1,10 +1,11 @@
 """The site as a reader gets it: built strictly, then opened page by page in Chromium.
 
-conftest.py runs this module last, after the chapters' snippets, so that the build
-takes the figures those drew from the cache instead of training again; run alone, the
-build draws them itself. The browser tests need Chromium (Debian: `apt-get install
-chromium`; set LLMBOOK_CHROMIUM to use another binary) and the Python package
-playwright, which drives it; they are skipped, with the reason, where either is missing.
+The figures come from docs/figures/ (committed, checked against the code that draws
+them: tools/figures.py), so the build runs no figure code. conftest.py runs this
+module last, after the chapters' snippets. The browser tests need Chromium (Debian:
+`apt-get install chromium`; set LLMBOOK_CHROMIUM to use another binary) and the Python
+package playwright, which drives it; they are skipped, with the reason, where either is
+missing.
 The pages are served from localhost, and every request to another host fails the test:
 the site must work with no network.
 """
@@ -25,7 +26,7 @@ from urllib.parse import urljoin, urlparse
 
 import pytest
 
-import mkdocs_hooks
+import figures
 import tangle
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,10 +41,9 @@ RAW_TEX = re.compile(r"\\[()\[\]]|\$[^$\n]*\\[a-zA-Z]+[^$\n]*\$")
 def site(tmp_path_factory) -> Path:
     """`mkdocs build --strict` into a scratch folder; the build must print no warning.
 
-    Drawing the figures runs their code, and the training plots of chapters 7-9 read
-    the data files and GPT-2's tokenizer files: the build uses the local copies that
-    LLMBOOK_DATA_DIR and TIKTOKEN_CACHE_DIR name (CI has no network). Nothing is
-    written into the repository."""
+    A figure whose code changed since it was committed is drawn for the build, which
+    then reads the data files through LLMBOOK_DATA_DIR and TIKTOKEN_CACHE_DIR (CI has
+    no network). Nothing is written into the repository."""
     before = {p.name for p in ROOT.iterdir()}
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     out = tmp_path_factory.mktemp("site") / "site"
@@ -63,15 +63,16 @@ def site(tmp_path_factory) -> Path:
 def test_site_builds_strictly_without_warnings(site):
     built = [p.relative_to(site).as_posix() for p in site.rglob("*")]
     assert "02-tokenization/index.html" in built
-    figures = [
+    drawn = [
         match["path"]
         for chapter in CHAPTERS
-        for match in mkdocs_hooks.FIGURE.finditer(chapter.read_text())
+        for match in figures.FIGURE.finditer(chapter.read_text())
     ]
-    assert len(figures) >= 3
-    for figure in figures:  # drawn by the code on the page, at build time
+    assert len(drawn) >= 3
+    for figure in drawn:  # drawn by the code on the page, committed in docs/figures
         assert figure in built
-        assert (site / figure).read_bytes().startswith(b"<?xml")
+        svg = (site / figure).read_bytes()
+        assert svg.startswith(b"<?xml") and figures.STAMP.search(svg)
     page = (site / "02-tokenization" / "index.html").read_text()
     assert 'class="filename">src/llmbook/tokenizer.py</span>' in page
     # the chapter offers its notebook, which the site serves

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The book's two commands, each of which first sets everything up in .venv:
 #
-#   bash tools/book.sh test    tangle and notebook checks, ruff (lint and format), mypy,
-#                              then pytest: unit tests, docstring examples, every snippet
-#                              of the book, the notebooks, the strict site build and the
-#                              site in Chromium (skipped, with the reason, without one)
+#   bash tools/book.sh test    tangle, notebook and figure checks, ruff (lint and
+#                              format), mypy, then pytest: unit tests, docstring
+#                              examples, every snippet of the book, the notebooks, the
+#                              strict site build and the site in Chromium (skipped,
+#                              with the reason, without one)
 #   bash tools/book.sh serve   build the site and serve it on http://127.0.0.1:8000
 #
 # Extra arguments go to pytest or to `mkdocs serve`. Environment:
@@ -40,6 +41,7 @@ case "${1:-}" in
     echo "== tangle check"
     .venv/bin/python tools/tangle.py --check
     .venv/bin/python tools/notebooks.py --check
+    .venv/bin/python tools/figures.py --check
     echo "== ruff"
     .venv/bin/ruff check src tools tests bench conftest.py
     .venv/bin/ruff format --check src tools tests bench conftest.py

@@ -11,27 +11,18 @@
 - Formulas (`$...$` and `$$...$$`, which pymdownx.arithmatex keeps away from Markdown)
   become MathML when the site is built, so pages show them with no script and no
   network: every current browser draws MathML itself.
-- A ```python fence under `<!--figure: figures/NAME.svg-->` draws that file of the
-  site: the matplotlib figure it leaves in the variable `fig`. The same block runs
-  under pytest like every other snippet, and the figure that run draws is cached
-  (see conftest.py); the build runs the page's figure blocks only when a figure is
-  not in the cache, in a scratch folder, so nothing is written into the repository.
+- A figure's image, `figures/NAME.svg`, is drawn by the ```python block under
+  `<!--figure: figures/NAME.svg-->` and committed (see tools/figures.py). One whose
+  code changed since is drawn again for the build, which says so.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import html
-import io
 import logging
-import os
 import re
 import sys
-import tempfile
-from importlib import metadata
 from pathlib import Path
-from typing import NamedTuple
 
 from mkdocs.structure.files import File, Files
 
@@ -48,12 +39,6 @@ CONT = re.compile(r"^[ \t]*<!--\s*pytest-codeblocks:cont\s*-->\n" + FENCE, re.M)
 GPU = re.compile(
     r"^[ \t]*<!--\s*pytest\.mark\.skipif\(.*cuda\.is_available\(\).*-->\n" + FENCE, re.M
 )
-FIGURE = re.compile(
-    r"^[ \t]*<!--\s*figure:\s*(?P<path>\S+?)\s*-->\n"
-    r"(?P<indent>[ \t]*)(?P<ticks>`{3,})python\n"
-    r"(?P<code>.*?)\n(?P=indent)(?P=ticks)\s*$",
-    re.M | re.S,
-)
 
 # What pymdownx.arithmatex (generic mode) leaves of a formula in the page's HTML.
 MATH = re.compile(
@@ -66,11 +51,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "tools") not in sys.path:  # MkDocs loads this file alone, and only
     sys.path.insert(0, str(ROOT / "tools"))  # while it does can it import a neighbour
 
+import figures  # noqa: E402
 import notebooks  # noqa: E402
-
-# Drawn figures, by a key over their code and the library: the snippet tests leave
-# theirs here (see conftest.py), so building the site does not train models again.
-FIGURE_CACHE = Path(os.environ.get("LLMBOOK_FIGURE_CACHE", ROOT / ".cache" / "figures"))
 
 
 def _titled(match: re.Match, title: str, css_class: str = "") -> str:
@@ -223,127 +205,33 @@ def on_post_page(output: str, page=None, **kwargs) -> str:
     return output
 
 
-class FigureBlock(NamedTuple):
-    path: str  # the figure's path in the site, e.g. "figures/temperature.svg"
-    code: str
-    line: int  # the line of the block's opening fence in the page
-    key: str  # the cache key: see page_figures
-
-
-def page_figures(markdown: str) -> list[FigureBlock]:
-    """The figure blocks of a page, in order. A figure block may use files that the
-    page's earlier figure blocks wrote, so each cache key covers the code of those
-    blocks too, as well as the library's sources and PyTorch's version."""
-    digest = hashlib.sha256(_library_fingerprint().encode())
-    blocks = []
-    for match in FIGURE.finditer(markdown):
-        indent = match["indent"]
-        code = "\n".join(
-            line[len(indent) :] if line.startswith(indent) else line
-            for line in match["code"].split("\n")
-        )
-        digest.update(f"\0{match['path']}\0{code}".encode())
-        fence_line = markdown.count("\n", 0, match.start("indent")) + 1
-        key = digest.hexdigest()[:20]
-        blocks.append(FigureBlock(match["path"], code, fence_line, key))
-    return blocks
-
-
-def _library_fingerprint() -> str:
-    """What a figure's picture depends on besides its code: the library's sources
-    and the versions of PyTorch and matplotlib."""
-    digest = hashlib.sha256()
-    for path in sorted((ROOT / "src" / "llmbook").glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    for package in ["torch", "matplotlib"]:
-        try:
-            digest.update(f"{package}={metadata.version(package)}".encode())
-        except metadata.PackageNotFoundError:
-            digest.update(f"{package}=none".encode())
-    return digest.hexdigest()
-
-
-def _cache_file(figure: str, key: str) -> Path:
-    """The cached SVG of one version of a figure: FIGURE_CACHE/<figure>/<key>.svg."""
-    return FIGURE_CACHE / figure.removesuffix(".svg") / f"{key}.svg"
-
-
-def cached_figure(figure: str, key: str) -> bytes | None:
-    path = _cache_file(figure, key)
-    return path.read_bytes() if path.is_file() else None
-
-
-def store_figure(figure: str, key: str, fig) -> bytes:
-    """Save `fig` as SVG (the same bytes wherever it is drawn), keep it in the
-    cache under `key`, drop this figure's older versions, and return the SVG."""
-    import matplotlib
-
-    buffer = io.BytesIO()
-    with matplotlib.rc_context({"svg.hashsalt": "llmbook", "svg.fonttype": "path"}):
-        fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
-    svg = buffer.getvalue()
-    path = _cache_file(figure, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for old in path.parent.glob("*.svg"):  # versions drawn from other code
-        old.unlink(missing_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(svg)
-    os.replace(tmp, path)
-    return svg
-
-
-def _draw(code: str, where: str):
-    """Run a figure block in a fresh namespace and return the Figure it leaves in
-    `fig` (what it prints is checked by the tests, not echoed by the build)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    namespace: dict = {"__name__": "__figure__"}
-    with contextlib.redirect_stdout(io.StringIO()):
-        exec(compile(code, where, "exec"), namespace)
-    fig = namespace.get("fig")
-    if fig is None or not hasattr(fig, "savefig"):
-        raise RuntimeError(
-            f"{where}: a figure block must leave a matplotlib Figure in `fig`"
-        )
-    return fig
-
-
-def draw_page_figures(markdown: str, page: str) -> dict[str, bytes]:
-    """The SVG of every figure block of a page, from the cache where the tests (or
-    an earlier build) drew it with the same code and library. Otherwise all the
-    page's figure blocks run in order, in a scratch folder: files they write (a
-    trained model, say) stay out of the repository and reach later blocks."""
-    blocks = page_figures(markdown)
-    cached = {block.path: cached_figure(block.path, block.key) for block in blocks}
-    if all(svg is not None for svg in cached.values()):
-        return {path: svg for path, svg in cached.items() if svg is not None}
-    import matplotlib.pyplot as plt
-
-    drawn = {}
-    scratch = tempfile.TemporaryDirectory(prefix="llmbook-figures-")
-    with scratch, contextlib.chdir(scratch.name):
-        for block in blocks:
-            before = set(plt.get_fignums())
-            try:
-                fig = _draw(block.code, f"{page} (figure {block.path})")
-                drawn[block.path] = store_figure(block.path, block.key, fig)
-                log.debug("drew %s", block.path)
-            finally:
-                for number in set(plt.get_fignums()) - before:
-                    plt.close(number)
-    return drawn
-
-
 def on_files(files: Files, config, **kwargs) -> Files:
     for page in list(files.documentation_pages()):
         text = page.content_string
-        if not FIGURE.search(text):
+        blocks = figures.page_figures(text)
+        if not blocks:
             continue
-        for src_uri, svg in draw_page_figures(text, page.src_uri).items():
+        source = Path(page.abs_src_path or Path(config["docs_dir"]) / page.src_path)
+        folder = source.parent
+        stale = figures.out_of_date(source, blocks)
+        drawn = figures.draw_page_figures(text, page.src_uri) if stale else {}
+        for block in blocks:
+            src_uri = (Path(page.src_uri).parent / block.path).as_posix()
+            if block in stale:
+                log.info(
+                    "%s: %s is out of date, drawn for this build; "
+                    "commit it with: python tools/figures.py",
+                    page.src_uri,
+                    block.path,
+                )
+                svg = drawn[block.path]
+                old = files.get_file_from_path(src_uri)
+                if old is not None:
+                    files.remove(old)
+                files.append(File.generated(config, src_uri, content=svg))
+            else:
+                svg = (folder / block.path).read_bytes()
             width = svg_width(svg)
             if width is not None:
                 FIGURE_WIDTHS[src_uri] = width
-            if files.get_file_from_path(src_uri) is None:
-                files.append(File.generated(config, src_uri, content=svg))
     return files
