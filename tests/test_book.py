@@ -331,20 +331,31 @@ def test_figures_are_committed_stamped_and_checked(tmp_path, monkeypatch):
     assert (docs / "figures" / "one.svg").read_bytes() == one
 
 
-def test_only_figures_drawn_with_the_library_depend_on_its_sources(monkeypatch):
+def test_a_figure_depends_on_the_library_modules_it_uses_and_theirs(
+    tmp_path, monkeypatch
+):
+    library = tmp_path / "llmbook"
+    library.mkdir()
+    (library / "model.py").write_text("from llmbook.attention import Attention\n")
+    (library / "attention.py").write_text("Attention = object\n")
+    (library / "cli.py").write_text("from llmbook.model import GPTModel\n")
+    monkeypatch.setattr(figures, "LIBRARY", library)
     uses = FIGURE_PAGE.replace(
-        "    numbers = [int(n)", "    import llmbook\n\n    numbers = [int(n)"
+        "    numbers = [int(n)",
+        "    from llmbook.model import GPTModel\n\n    numbers = [int(n)",
     )
-    assert uses != FIGURE_PAGE
-    before = (
-        [b.key for b in figures.page_figures(FIGURE_PAGE)],
-        [b.key for b in figures.page_figures(uses)],
-    )
-    monkeypatch.setattr(figures, "_library_fingerprint", lambda: "other sources")
-    after = (
-        [b.key for b in figures.page_figures(FIGURE_PAGE)],
-        [b.key for b in figures.page_figures(uses)],
-    )
+
+    def keys():
+        return [
+            [b.key for b in figures.page_figures(page)] for page in (FIGURE_PAGE, uses)
+        ]
+
+    before = keys()
+    assert before[0][0] == before[1][0] and before[0][1] != before[1][1]
+    (library / "cli.py").write_text("# a module the figure does not import\n")
+    assert keys() == before
+    (library / "attention.py").write_text("Attention = type\n")  # model imports it
+    after = keys()
     assert after[0] == before[0]  # neither block imports llmbook
     assert after[1][0] == before[1][0] and after[1][1] != before[1][1]
 

@@ -3,7 +3,7 @@
 A ```python fence under `<!--figure: figures/NAME.svg-->` draws `docs/figures/NAME.svg`:
 the matplotlib figure that the block leaves in the variable `fig`. Like src/, the
 drawn files are committed, each stamped with a key over the code that drew it (and
-the library's sources, where that code uses the library), so building the site runs
+the sources of the library modules that code uses), so building the site runs
 no figure code: a fresh clone builds in seconds although the training plots of
 chapters 7-9 take minutes to draw.
 
@@ -52,12 +52,16 @@ class FigureBlock(NamedTuple):
     key: str  # what the picture depends on: see page_figures
 
 
+LIBRARY = ROOT / "src" / "llmbook"
+USES = re.compile(r"^\s*(?:from|import)\s+llmbook\.(\w+)", re.M)
+
+
 def page_figures(markdown: str) -> list[FigureBlock]:
     """The figure blocks of a page, in order. A figure block may use files that the
     page's earlier figure blocks wrote, so each key covers the code of those blocks
-    too, and, from the first block that uses the library on, its sources."""
+    too, and the sources of the library's modules that they import."""
     digest = hashlib.sha256()
-    uses_library = False
+    modules: set[str] = set()
     blocks = []
     for match in FIGURE.finditer(markdown):
         indent = match["indent"]
@@ -65,22 +69,33 @@ def page_figures(markdown: str) -> list[FigureBlock]:
             line[len(indent) :] if line.startswith(indent) else line
             for line in match["code"].split("\n")
         )
-        if not uses_library and re.search(r"\bllmbook\b", code):
-            uses_library = True
-            digest.update(_library_fingerprint().encode())
+        modules |= set(USES.findall(code))
         digest.update(f"\0{match['path']}\0{code}".encode())
+        key = digest.copy()
+        if modules:
+            key.update(_library_fingerprint(modules).encode())
         fence_line = markdown.count("\n", 0, match.start("indent")) + 1
         blocks.append(
-            FigureBlock(match["path"], code, fence_line, digest.hexdigest()[:20])
+            FigureBlock(match["path"], code, fence_line, key.hexdigest()[:20])
         )
     return blocks
 
 
-def _library_fingerprint() -> str:
-    """The library's sources, which a figure drawn with the library depends on."""
+def _library_fingerprint(modules: set[str]) -> str:
+    """The sources of the library's `modules` and of the library modules they
+    import, and so on: what a figure drawn with those modules depends on."""
+    seen: set[str] = set()
+    todo = sorted(modules)
+    while todo:
+        name = todo.pop()
+        path = LIBRARY / f"{name}.py"
+        if name in seen or not path.is_file():
+            continue
+        seen.add(name)
+        todo += USES.findall(path.read_text(encoding="utf-8"))
     digest = hashlib.sha256()
-    for path in sorted((ROOT / "src" / "llmbook").glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for name in sorted(seen):
+        digest.update(name.encode() + b"\0" + (LIBRARY / f"{name}.py").read_bytes())
     return digest.hexdigest()
 
 
