@@ -1,0 +1,490 @@
+"""The `llmbook` command, run as a user runs it: a subprocess, on tiny settings."""
+
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llmbook.cli import CommandError, TokenPrinter, load_tokenizer, main, read_texts
+from llmbook.data import data_file
+from llmbook.generate import generate
+from llmbook.train import load_model
+
+SCRIPT = Path(sys.executable).with_name("llmbook")  # the installed console script
+COMMAND = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-m", "llmbook"]
+# A small model with its own small BPE, so that every run takes seconds.
+TINY = ["--preset", "debug", "--tokenizer", "bpe:300", "--batch-size", "4"]
+TINY += ["--device", "cpu", "--quiet", "--seed", "7", "--eval-batches", "2"]
+
+
+def llmbook(*args, cwd=None, env=None, check=None) -> subprocess.CompletedProcess:
+    """Run `llmbook ARGS` and return what it did; `check` is the exit code it must
+    end with (and then a failure shows its stderr)."""
+    result = subprocess.run(
+        [*COMMAND, *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
+    if check is not None:
+        assert result.returncode == check, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def verdict() -> Path:
+    return data_file("the-verdict.txt")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, verdict) -> Path:
+    """A finished pretraining run, context 256 (instruction prompts fit)."""
+    out = tmp_path_factory.mktemp("runs") / "run"
+    llmbook(
+        "pretrain",
+        verdict,
+        "--out",
+        out,
+        *TINY,
+        "--context-length",
+        256,
+        "--max-steps",
+        6,
+        "--eval-freq",
+        3,
+        "--checkpoint-every",
+        3,
+        check=0,
+    )
+    return out
+
+
+def test_every_command_explains_itself_with_defaults_and_an_example(capsys):
+    for command in [
+        ["pretrain"],
+        ["generate"],
+        ["finetune", "classify"],
+        ["finetune", "instruct"],
+        ["classify"],
+        ["evaluate"],
+    ]:
+        with pytest.raises(SystemExit) as done:
+            main([*command, "--help"])
+        shown = capsys.readouterr().out
+        assert done.value.code == 0
+        assert "(default:" in shown, command
+        assert f"example:\n  llmbook {' '.join(command)}" in shown, command
+    assert "pretrain" in llmbook("--help", check=0).stdout  # the installed script
+
+
+def test_text_comes_from_files_folders_globs_and_standard_input(tmp_path, monkeypatch):
+    (tmp_path / "notes" / "old").mkdir(parents=True)
+    (tmp_path / "notes" / "a.txt").write_text("first")
+    (tmp_path / "notes" / "old" / "b.txt").write_text("second")
+    (tmp_path / "notes" / "c.md").write_text("not text for training")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.stdin", io.StringIO("piped"))
+    texts = [text for _, text in read_texts(["notes", "notes/*.txt", "-"])]
+    assert texts == ["first", "second", "first", "piped"]
+    with pytest.raises(CommandError, match="not a UTF-8 text file"):
+        read_texts(["latin1.txt"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CommandError, match="no .txt file"):
+        read_texts(["empty"])
+    with pytest.raises(CommandError, match="no such file, folder or pattern"):
+        read_texts(["*.csv"])
+
+
+def test_pretraining_writes_model_checkpoints_settings_and_a_loss_plot(run):
+    assert sorted(p.name for p in run.iterdir()) == [
+        "checkpoints",
+        "history.json",
+        "losses.svg",
+        "model.safetensors",
+        "run.json",
+        "tokenizer.json",
+    ]
+    assert (run / "losses.svg").read_text().startswith("<?xml")
+    assert (run / "checkpoints" / "latest").read_text() == "step-00000006"
+    history = json.loads((run / "history.json").read_text())
+    assert history["steps"] == [3, 6] and history["train_losses"][1] < 6.0
+    settings = json.loads((run / "run.json").read_text())
+    assert settings["tokenizer"] == "tokenizer.json"
+    assert settings["settings"]["context_length"] == 256
+    model = load_model(run / "model.safetensors")
+    assert model.cfg.vocab_size == load_tokenizer("tokenizer.json", run).vocab_size
+
+
+def tensors(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, verdict):
+    common = [verdict, *TINY, "--context-length", 32, "--eval-freq", 2]
+    common += ["--checkpoint-every", 3]
+    llmbook("pretrain", *common, "--out", tmp_path / "whole", "--max-steps", 8, check=0)
+    # Stopped after 4 steps (its last checkpoint is step 3), then continued.
+    llmbook("pretrain", *common, "--out", tmp_path / "cut", "--max-steps", 4, check=0)
+    resumed = llmbook(
+        "pretrain",
+        "--out",
+        tmp_path / "cut",
+        "--resume",
+        "--max-steps",
+        8,
+        "--device",
+        "cpu",
+        "--quiet",
+        check=0,
+    )
+    assert resumed.stdout.startswith("resuming")
+    whole = tensors(tmp_path / "whole" / "model.safetensors")
+    cut = tensors(tmp_path / "cut" / "model.safetensors")
+    assert whole.keys() == cut.keys()
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)
+    history = json.loads((tmp_path / "cut" / "history.json").read_text())
+    assert history["steps"] == [2, 4, 6, 8]  # the run's whole history
+
+
+def test_ctrl_c_stops_with_a_checkpoint_and_resume_goes_on(tmp_path, verdict):
+    out = tmp_path / "run"
+    process = subprocess.Popen(
+        [
+            *COMMAND,
+            "pretrain",
+            str(verdict),
+            "--out",
+            str(out),
+            *TINY,
+            "--context-length",
+            "32",
+            "--epochs",
+            "1000",
+            "--eval-freq",
+            "1000",
+            "--checkpoint-every",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoints" / "latest").is_file():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no checkpoint within two minutes"
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert f"continue with: llmbook pretrain --out {out} --resume" in stderr
+    step = int((out / "checkpoints" / "latest").read_text().removeprefix("step-"))
+    llmbook(
+        "pretrain",
+        "--out",
+        out,
+        "--resume",
+        "--max-steps",
+        step + 2,
+        "--epochs",
+        1000,
+        "--quiet",
+        check=0,
+    )
+    assert (out / "model.safetensors").is_file()
+
+
+def test_mistakes_end_in_one_line_with_code_2_for_usage_and_1_for_failures(
+    tmp_path, run, verdict, capsys, monkeypatch
+):
+    monkeypatch.setenv("LLMBOOK_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "short.txt").write_text("Too short.")
+    out = tmp_path / "out"
+    cases = [
+        (["pretrain", tmp_path / "empty.txt", "--out", out], 1, "text is empty"),
+        (["pretrain", tmp_path / "short.txt", "--out", out, *TINY], 1, "too short"),
+        (["pretrain", verdict, "--out", out, "--preset", "huge"], 2, "invalid choice"),
+        (["pretrain", verdict, "--out", run], 2, "add --resume"),
+        (["pretrain", "--out", out, "--resume"], 2, "holds no run"),
+        (["pretrain", "--out", run, "--resume", "--lr", "0.1"], 2, "the run has --lr"),
+        (["pretrain", verdict, "--out", out, "--batch-size", "0"], 2, "must be >= 1"),
+        (["pretrain", verdict, "--out", out, "--config", verdict], 1, "--config"),
+        (["generate", "--checkpoint", out, "--prompt", "x"], 1, "no such file"),
+        (["generate", "--checkpoint", run, "--prompt", ""], 2, "--prompt is empty"),
+        (["generate", "--prompt", "x"], 2, "one of the arguments"),
+        (
+            [
+                "finetune",
+                "classify",
+                "--data",
+                verdict,
+                "--checkpoint",
+                run,
+                "--out",
+                out,
+            ],
+            1,
+            "no tab after the label",
+        ),
+        (
+            ["finetune", "instruct", "--data", out, "--checkpoint", run, "--out", out],
+            1,
+            "no such file",
+        ),
+        (["classify", "--checkpoint", run, "Hello"], 1, "holds no classifier"),
+        (["evaluate", "--responses", verdict], 1, "not JSON"),
+        (["evaluate", "--data", verdict], 2, "give --responses"),
+    ]
+    for args, code, message in cases:
+        assert main([str(arg) for arg in args]) == code, args
+        captured = capsys.readouterr()
+        lines = captured.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), (args, lines)
+        assert message in lines[0], (args, lines[0])
+    assert not out.exists()  # no failed command left anything behind
+    # The same, as a user meets them: one line and the exit code, no traceback.
+    for args, code, message in [
+        (["pretrain", tmp_path / "missing.txt", "--out", out], 1, "no such file"),
+        (
+            ["generate", "--checkpoint", run, "--prompt", "x", "--temperature", "-1"],
+            2,
+            "must be >= 0",
+        ),
+    ]:
+        result = llmbook(*args)
+        assert result.returncode == code, result.stderr
+        assert result.stderr.startswith("error: ") and message in result.stderr
+        assert result.stderr.count("\n") == 1
+    alone = llmbook()
+    assert alone.returncode == 2 and "commands:" in alone.stderr
+
+
+def test_generate_prints_what_the_library_generates(run):
+    sampling = ["--max-new-tokens", 12, "--temperature", 1.5, "--top-k", 20]
+    command = ["generate", "--checkpoint", run, "--prompt", "I had", *sampling]
+    result = llmbook(*command, "--seed", 5, "--device", "cpu", check=0)
+    model = load_model(run / "model.safetensors").eval()
+    tokenizer = load_tokenizer("tokenizer.json", run)
+    ids = tokenizer.encode("I had", allowed_special={"<|endoftext|>"})
+    eos = tokenizer.special_tokens["<|endoftext|>"]
+    generator = torch.Generator().manual_seed(5)
+    row = generate(model, torch.tensor([ids]), 12, 256, 1.5, 20, eos, generator)[0]
+    expected = tokenizer.decode([i for i in row.tolist() if i != eos])
+    assert result.stdout == expected + "\n"
+    # The same seed gives the same text again; another seed, another text.
+    assert llmbook(*command, "--seed", 5, check=0).stdout == result.stdout
+    assert llmbook(*command, "--seed", 6, check=0).stdout != result.stdout
+
+
+def test_tokens_are_printed_one_by_one_as_they_come(run):
+    model = load_model(run / "model.safetensors").eval()
+    tokenizer = load_tokenizer("tokenizer.json", run)
+
+    class Recorder:
+        def __init__(self):
+            self.writes = []
+
+        def write(self, text):
+            self.writes.append(text)
+
+        def flush(self):
+            pass
+
+    out = Recorder()
+    ids = tokenizer.encode("It was")
+    printer = TokenPrinter(tokenizer, len(ids), None, out)
+    handle = model.register_forward_pre_hook(printer.hook)
+    row = generate(model, torch.tensor([ids]), 10, 256)[0]
+    handle.remove()
+    printer.finish(row)
+    pieces = [w for w in out.writes if w]
+    assert len(pieces) >= 5  # one write a token, not one at the end
+    assert "".join(out.writes) == tokenizer.decode(row[len(ids) :].tolist()) + "\n"
+
+
+def test_generate_from_gpt2_weights_in_the_download_cache(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_positions=32, n_embd=16, n_layer=1, n_head=2)
+    torch.manual_seed(0)
+    folder = tmp_path / "gpt2" / "gpt2-small"  # where download_gpt2 looks first
+    transformers.GPT2LMHeadModel(config).save_pretrained(folder)
+    result = llmbook(
+        "generate",
+        "--gpt2",
+        "gpt2-small",
+        "--prompt",
+        "Hello world",
+        "--max-new-tokens",
+        4,
+        "--temperature",
+        0,
+        "--device",
+        "cpu",
+        env={"LLMBOOK_CACHE_DIR": str(tmp_path)},
+        check=0,
+    )
+    assert result.stdout.startswith("Hello world") and len(result.stdout) > 12
+
+
+def test_finetune_a_classifier_then_label_texts(tmp_path, run):
+    lines = data_file("SMSSpamCollection").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "sms.tsv").write_text("\n".join(lines[:80]) + "\n", encoding="utf-8")
+    result = llmbook(
+        "finetune",
+        "classify",
+        "--data",
+        tmp_path / "sms.tsv",
+        "--checkpoint",
+        run,
+        "--out",
+        tmp_path / "spam",
+        "--epochs",
+        2,
+        "--eval-freq",
+        5,
+        "--device",
+        "cpu",
+        "--quiet",
+        check=0,
+    )
+    assert "test accuracy" in result.stdout
+    accuracy = json.loads((tmp_path / "spam" / "accuracy.json").read_text())
+    assert set(accuracy) == {"training", "validation", "test"}
+    texts = ["WINNER! Claim your free prize now", "See you at the station at six"]
+    labelled = llmbook(
+        "classify",
+        "--checkpoint",
+        tmp_path / "spam",
+        *texts,
+        "--device",
+        "cpu",
+        check=0,
+    )
+    rows = [line.split("\t") for line in labelled.stdout.splitlines()]
+    assert [row[2] for row in rows] == texts
+    assert {row[0] for row in rows} <= {"ham", "spam"}
+    assert all(0.5 <= float(row[1]) <= 1.0 for row in rows)
+    # A classifier is not a text generator: the command says what to use.
+    wrong = llmbook("generate", "--checkpoint", tmp_path / "spam", "--prompt", "Hi")
+    assert wrong.returncode == 1 and "llmbook classify" in wrong.stderr
+
+
+class Judge(http.server.BaseHTTPRequestHandler):
+    """A stand-in for an Ollama server: it gives every answer 70 of 100."""
+
+    def do_POST(self):
+        length = int(self.headers["Content-Length"])
+        request = json.loads(self.rfile.read(length))
+        assert request["messages"][0]["role"] == "user"
+        body = json.dumps({"message": {"content": "Score: 70"}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_finetune_on_instructions_then_evaluate_with_a_judge(tmp_path, run):
+    entries = json.loads(data_file("instruction-data.json").read_text("utf-8"))
+    (tmp_path / "tasks.json").write_text(json.dumps(entries[:40]), encoding="utf-8")
+    llmbook(
+        "finetune",
+        "instruct",
+        "--data",
+        tmp_path / "tasks.json",
+        "--checkpoint",
+        run,
+        "--out",
+        tmp_path / "chat",
+        "--epochs",
+        1,
+        "--eval-freq",
+        2,
+        "--max-new-tokens",
+        4,
+        "--device",
+        "cpu",
+        "--quiet",
+        check=0,
+    )
+    answers = json.loads((tmp_path / "chat" / "test-responses.json").read_text())
+    assert len(answers) == 2 and all("model_response" in a for a in answers)
+    server = http.server.HTTPServer(("127.0.0.1", 0), Judge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        result = llmbook(
+            "evaluate",
+            "--responses",
+            tmp_path / "chat" / "test-responses.json",
+            "--judge-url",
+            url,
+            "--out",
+            tmp_path / "scored.json",
+            check=0,
+        )
+    finally:
+        server.shutdown()
+    assert "ROUGE-L: " in result.stdout
+    assert "mean 70.0 of 100" in result.stdout
+    scored = json.loads((tmp_path / "scored.json").read_text())
+    assert [entry["judge_score"] for entry in scored] == [70, 70]
+
+
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None
+    and not Path(sys.executable).with_name("torchrun").is_file(),
+    reason="needs torchrun",
+)
+def test_pretrain_runs_unchanged_under_torchrun(tmp_path, verdict):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    launcher = str(torchrun) if torchrun.is_file() else "torchrun"
+    result = subprocess.run(
+        [
+            launcher,
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "llmbook",
+            "pretrain",
+            str(verdict),
+            "--out",
+            str(tmp_path / "ddp"),
+            *TINY,
+            "--context-length",
+            "32",
+            "--max-steps",
+            "4",
+            "--eval-freq",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("training a") == 1  # printed by process 0 only
+    assert (tmp_path / "ddp" / "model.safetensors").is_file()
+    history = json.loads((tmp_path / "ddp" / "history.json").read_text())
+    assert history["steps"] == [2, 4]
