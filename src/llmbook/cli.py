@@ -351,11 +351,6 @@ def keep_tokenizer(spec: str, out: Path) -> str:
     return "tokenizer.json"
 
 
-def write_json(path: Path, data) -> None:
-    text = json.dumps(data, indent=2)
-    atomic_write(path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
-
-
 def plot_losses(history, path: Path, title: str) -> None:
     """Training and validation loss against steps, as an SVG."""
     from matplotlib.figure import Figure
@@ -372,7 +367,7 @@ def plot_losses(history, path: Path, title: str) -> None:
 def finish_training(model, history, out: Path, title: str, name: str, metadata: dict):
     """Save the model, its history and a plot of its losses in `out`."""
     save_model(model, out / name, metadata=metadata)
-    write_json(out / "history.json", dataclasses.asdict(history))
+    save_json(dataclasses.asdict(history), out / "history.json")
     if not history.steps:
         print0(f"saved {out / name} (no loss measured: fewer steps than --eval-freq)")
         return
@@ -635,8 +630,8 @@ def pretrain(args) -> None:
                 tokenizer.save(out / spec)
             data: dict[str, object] = {"files": names}
             data |= {"sha256": text_sha256(text), "characters": len(text)}
-            run = {"command": "pretrain", "settings": settings, "data": data}
-            write_json(out / RUN_FILE, run | {"tokenizer": spec})
+            record = {"command": "pretrain", "settings": settings, "data": data}
+            save_json(record | {"tokenizer": spec}, out / RUN_FILE)
         parameters = sum(p.numel() for p in model.parameters())
         print0(
             f"{'resuming' if resuming else 'training'} a {parameters:,}-parameter "
@@ -897,7 +892,7 @@ def finetune_classify(args) -> None:
         ]
     }
     print(", ".join(f"{name} accuracy {value:.1%}" for name, value in accuracy.items()))
-    write_json(out / "accuracy.json", accuracy)
+    save_json(accuracy, out / "accuracy.json")
     metadata = {
         "num_classes": str(len(labels)),
         "labels": json.dumps(labels),
