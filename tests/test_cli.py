@@ -18,7 +18,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llmbook.cli import CommandError, TokenPrinter, load_tokenizer, main, read_texts
+from llmbook.cli import (
+    CommandError,
+    TokenPrinter,
+    load_tokenizer,
+    main,
+    read_labelled,
+    read_texts,
+)
 from llmbook.data import data_file
 from llmbook.generate import generate
 from llmbook.train import load_model
@@ -162,7 +169,7 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, v
     assert history["steps"] == [2, 4, 6, 8]  # the run's whole history
 
 
-def test_ctrl_c_stops_with_a_checkpoint_and_resume_goes_on(tmp_path, verdict):
+def test_ctrl_c_stops_at_a_checkpoint_and_the_hint_finishes_the_run(tmp_path, verdict):
     out = tmp_path / "run"
     process = subprocess.Popen(
         [
@@ -174,12 +181,12 @@ def test_ctrl_c_stops_with_a_checkpoint_and_resume_goes_on(tmp_path, verdict):
             *TINY,
             "--context-length",
             "32",
-            "--epochs",
-            "1000",
+            "--max-steps",  # 99 steps an epoch: --max-steps sets the epochs too
+            "600",
             "--eval-freq",
             "1000",
             "--checkpoint-every",
-            "2",
+            "5",
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -189,25 +196,18 @@ def test_ctrl_c_stops_with_a_checkpoint_and_resume_goes_on(tmp_path, verdict):
     while not (out / "checkpoints" / "latest").is_file():
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, "no checkpoint within two minutes"
-        time.sleep(0.1)
+        time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
-    assert f"continue with: llmbook pretrain --out {out} --resume" in stderr
-    step = int((out / "checkpoints" / "latest").read_text().removeprefix("step-"))
-    llmbook(
-        "pretrain",
-        "--out",
-        out,
-        "--resume",
-        "--max-steps",
-        step + 2,
-        "--epochs",
-        1000,
-        "--quiet",
-        check=0,
-    )
+    hint = f"continue with: llmbook pretrain --out {out} --resume"
+    assert stderr.rstrip().endswith(hint)
+    stopped = int((out / "checkpoints" / "latest").read_text().removeprefix("step-"))
+    assert 5 <= stopped < 600
+    # The hint as given: the run keeps its own length and checkpoint interval.
+    llmbook("pretrain", "--out", out, "--resume", check=0)
+    assert (out / "checkpoints" / "latest").read_text() == "step-00000600"
     assert (out / "model.safetensors").is_file()
 
 
@@ -217,6 +217,7 @@ def test_mistakes_end_in_one_line_with_code_2_for_usage_and_1_for_failures(
     monkeypatch.setenv("LLMBOOK_CACHE_DIR", str(tmp_path / "cache"))
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "short.txt").write_text("Too short.")
+    (tmp_path / "bad.json").write_text('[{"instruction": "Say hi", "output": 5}]')
     out = tmp_path / "out"
     cases = [
         (["pretrain", tmp_path / "empty.txt", "--out", out], 1, "text is empty"),
@@ -248,6 +249,12 @@ def test_mistakes_end_in_one_line_with_code_2_for_usage_and_1_for_failures(
             ["finetune", "instruct", "--data", out, "--checkpoint", run, "--out", out],
             1,
             "no such file",
+        ),
+        (
+            ["finetune", "instruct", "--data", tmp_path / "bad.json"]
+            + ["--checkpoint", run, "--out", out],
+            1,
+            "bad.json: entry 0 has no 'output' text",
         ),
         (["classify", "--checkpoint", run, "Hello"], 1, "holds no classifier"),
         (["evaluate", "--responses", verdict], 1, "not JSON"),
@@ -342,6 +349,26 @@ def test_generate_from_gpt2_weights_in_the_download_cache(tmp_path):
         check=0,
     )
     assert result.stdout.startswith("Hello world") and len(result.stdout) > 12
+
+
+def test_labelled_texts_come_from_tsv_or_csv(tmp_path):
+    sms = read_labelled(data_file("SMSSpamCollection"))
+    assert len(sms) == 5574 and {label for _, label in sms} == {"ham", "spam"}
+    (tmp_path / "a.tsv").write_bytes(b"pos\tGood, very good\r\n\nneg\tBad\r\n")
+    (tmp_path / "a.csv").write_text('label,text\npos,"Good, very good"\nneg,Bad\n')
+    expected = [("Good, very good", "pos"), ("Bad", "neg")]
+    assert read_labelled(tmp_path / "a.tsv") == expected
+    assert read_labelled(tmp_path / "a.csv") == expected
+    for name, content, message in [
+        ("b.tsv", b"pos\tfine\nno tab here\n", "b.tsv:2: no tab after the label"),
+        ("c.csv", b"text\nfine\n", "the columns text and label"),
+        ("d.csv", b"text,label\nfine,pos\nshort\n", "d.csv:3: the row has no"),
+        ("e.tsv", "pos\tcaf\xe9\n".encode("latin-1"), "not a UTF-8 text file"),
+        ("f.tsv", b"pos\tone\npos\ttwo\n", "two labels or more"),
+    ]:
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(CommandError, match=message):
+            read_labelled(tmp_path / name)
 
 
 def test_finetune_a_classifier_then_label_texts(tmp_path, run):

@@ -14,6 +14,7 @@ import csv
 import dataclasses
 import glob
 import hashlib
+import io
 import json
 import os
 import random
@@ -397,6 +398,9 @@ PRETRAIN = {
     "eval_freq": 50,
     "eval_batches": 10,
 }
+# How long a run goes on and how often it saves: kept by --resume too, but these
+# may be given again with new values, to train a run further.
+RUN_LENGTH = {"epochs": None, "max_steps": None, "checkpoint_every": 100}
 
 
 def add_pretrain(commands) -> None:
@@ -431,7 +435,10 @@ def add_pretrain(commands) -> None:
         "--batch-size", type=COUNT, metavar="N", help="sequences a step, per process"
     )
     p.add_argument(
-        "--epochs", type=COUNT, default=1, metavar="N", help="passes over the text"
+        "--epochs",
+        type=COUNT,
+        metavar="N",
+        help="passes over the text (default: 1, or as many as --max-steps needs)",
     )
     p.add_argument("--max-steps", type=COUNT, metavar="N", help="stop after N steps")
     shown["lr"] = p.add_argument(
@@ -464,15 +471,15 @@ def add_pretrain(commands) -> None:
     shown["eval_batches"] = p.add_argument(
         "--eval-batches", type=COUNT, metavar="N", help="batches a loss"
     )
-    p.add_argument(
-        "--checkpoint-every", type=COUNT, default=100, metavar="N", help="steps"
+    shown["checkpoint_every"] = p.add_argument(
+        "--checkpoint-every", type=COUNT, metavar="N", help="steps"
     )
     add_device_option(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     for name, action in shown.items():
-        action.shown = PRETRAIN[name]  # type: ignore[attr-defined]
+        action.shown = (PRETRAIN | RUN_LENGTH)[name]  # type: ignore[attr-defined]
     p.set_defaults(run=pretrain)
 
 
@@ -504,6 +511,10 @@ def pretrain_settings(args) -> tuple[dict, dict | None]:
                 "leave the option out to keep the run's"
             )
         settings[name] = before
+    for name, default in RUN_LENGTH.items():
+        given = getattr(args, name)
+        before = default if saved is None else saved["settings"].get(name, default)
+        settings[name] = before if given is None else given
     if args.config is not None and args.preset is not None:
         raise UsageError("give --preset or --config, not both")
     return settings, saved
@@ -611,22 +622,25 @@ def pretrain(args) -> None:
         optimizer = configure_optimizer(
             model, lr=settings["lr"], weight_decay=settings["weight_decay"]
         )
+        epochs, max_steps = settings["epochs"], settings["max_steps"]
+        if epochs is None:  # one pass, or as many as max_steps takes
+            epochs = 1 if max_steps is None else -(-max_steps // len(train_loader))
         config = TrainingConfig(
-            num_epochs=args.epochs,
-            max_steps=args.max_steps,
+            num_epochs=epochs,
+            max_steps=max_steps,
             eval_freq=settings["eval_freq"],
             eval_iter=settings["eval_batches"],
             checkpoint_dir=out / "checkpoints",
-            checkpoint_every=args.checkpoint_every,
+            checkpoint_every=settings["checkpoint_every"],
             progress=not args.quiet,
             compile=args.compile,
             warmup_steps=settings["warmup_steps"],
             cosine_decay=settings["cosine"],
             max_grad_norm=settings["max_grad_norm"],
         )
-        if place.is_main and not resuming:
+        if place.is_main:  # on --resume, with the run's new length
             out.mkdir(parents=True, exist_ok=True)
-            if spec == "tokenizer.json":
+            if spec == "tokenizer.json" and not resuming:
                 tokenizer.save(out / spec)
             data: dict[str, object] = {"files": names}
             data |= {"sha256": text_sha256(text), "characters": len(text)}
@@ -654,7 +668,8 @@ def pretrain(args) -> None:
                 if latest
                 else "no checkpoint yet"
             )
-            again = f"llmbook pretrain --out {out} --resume"
+            stdin = " -" if "-" in names else ""  # read again: the same text
+            again = f"llmbook pretrain{stdin} --out {out} --resume"
             raise KeyboardInterrupt(
                 f"interrupted: {kept}; continue with: {again}"
             ) from None
@@ -815,21 +830,28 @@ def read_labelled(path: Path) -> list[tuple[str, str]]:
     lines `label<TAB>text` (the SMS Spam Collection's format)."""
     if not path.is_file():
         raise CommandError(f"--data {path}: no such file")
+    try:
+        content = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CommandError(f"--data {path}: not a UTF-8 text file") from None
     pairs = []
-    with path.open(encoding="utf-8", newline="") as f:
-        if path.suffix.lower() == ".csv":
-            reader = csv.DictReader(f)
-            if not {"text", "label"} <= set(reader.fieldnames or []):
-                raise CommandError(f"{path}: the CSV needs the columns text and label")
-            pairs = [(row["text"], row["label"].strip()) for row in reader]
-        else:
-            for line_number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                label, tab, text = line.rstrip("\n").partition("\t")
-                if not tab:
-                    raise CommandError(f"{path}:{line_number}: no tab after the label")
-                pairs.append((text, label.strip()))
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(io.StringIO(content, newline=""))
+        if not {"text", "label"} <= set(reader.fieldnames or []):
+            raise CommandError(f"{path}: the CSV needs the columns text and label")
+        for row in reader:
+            if row["text"] is None or row["label"] is None:
+                where = f"{path}:{reader.line_num}"
+                raise CommandError(f"{where}: the row has no text or no label")
+            pairs.append((row["text"], row["label"].strip()))
+    else:
+        for line_number, line in enumerate(content.split("\n"), start=1):
+            if not line.strip():
+                continue
+            label, tab, text = line.removesuffix("\r").partition("\t")
+            if not tab:
+                raise CommandError(f"{path}:{line_number}: no tab after the label")
+            pairs.append((text, label.strip()))
     pairs = [(text, label) for text, label in pairs if text.strip()]
     if len({label for _, label in pairs}) < 2:
         raise CommandError(f"{path}: a classifier needs texts of two labels or more")
@@ -961,11 +983,14 @@ def read_entries(path: Path, option: str = "--data") -> list[dict]:
         raise CommandError(f"{option} {path}: no such file")
     try:
         entries = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise CommandError(f"{path}: not JSON ({error})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CommandError(f"{path}: not JSON in UTF-8 ({error})") from None
     if not isinstance(entries, list) or not entries:
         raise CommandError(f"{path}: expected a non-empty JSON list of entries")
-    return check_entries(entries)
+    try:
+        return check_entries(entries)
+    except ValueError as error:
+        raise CommandError(f"{path}: {error}") from None
 
 
 def finetune_instruct(args) -> None:

@@ -45,7 +45,7 @@ def check_entries(entries) -> list[dict]:
             raise ValueError(f"entry {i} is a {type(entry).__name__}, not an object")
         for key in ("instruction", "output"):
             if not isinstance(entry.get(key), str) or not entry[key].strip():
-                raise ValueError(f"entry {i} has no {key!r}: {str(entry)[:80]}")
+                raise ValueError(f"entry {i} has no {key!r} text: {str(entry)[:80]}")
         if not isinstance(entry.get("input", ""), str):
             raise ValueError(f"entry {i} has an 'input' that is not text")
     return list(entries)
