@@ -76,11 +76,13 @@ class GPTConfig:
         return dataclasses.replace(PRESETS[name], **overrides)
 
 
+# GPT-2's four sizes. Their usual names (124M, 355M, 774M, 1558M) count the parameters
+# with a tied head and qkv_bias=True; these presets are untied (chapter 6).
 PRESETS = {
-    "gpt2-small": GPTConfig(emb_dim=768, n_heads=12, n_layers=12),  # 124M
-    "gpt2-medium": GPTConfig(emb_dim=1024, n_heads=16, n_layers=24),  # 355M
-    "gpt2-large": GPTConfig(emb_dim=1280, n_heads=20, n_layers=36),  # 774M
-    "gpt2-xl": GPTConfig(emb_dim=1600, n_heads=25, n_layers=48),  # 1558M
+    "gpt2-small": GPTConfig(emb_dim=768, n_heads=12, n_layers=12),  # 163M untied
+    "gpt2-medium": GPTConfig(emb_dim=1024, n_heads=16, n_layers=24),  # 406M untied
+    "gpt2-large": GPTConfig(emb_dim=1280, n_heads=20, n_layers=36),  # 838M untied
+    "gpt2-xl": GPTConfig(emb_dim=1600, n_heads=25, n_layers=48),  # 1638M untied
     "debug": GPTConfig(context_length=64, emb_dim=32, n_heads=2, n_layers=2),
 }
 
