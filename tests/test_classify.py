@@ -14,6 +14,7 @@ from llmbook.classify import (
     classification_logits,
     classify,
     create_classification_loaders,
+    distinct_texts,
     load_classifier,
     load_spam_splits,
     read_spam_collection,
@@ -52,17 +53,27 @@ def test_the_collection_has_its_documented_counts():
 
 def test_splits_are_balanced_disjoint_and_seeded(splits):
     train, val, test = splits
-    # 747 spam + 747 sampled ham = 1,494; int(0.7 * 1494) = 1045, int(0.1 * 1494) = 149,
-    # and the other 300 are the test split.
-    assert (len(train), len(val), len(test)) == (1045, 149, 300)
+    # 653 distinct spam texts + 653 sampled distinct ham = 1,306; int(0.7 * 1306) =
+    # 914, int(0.1 * 1306) = 130, and the other 262 are the test split.
+    assert (len(train), len(val), len(test)) == (914, 130, 262)
     everything = train + val + test
-    assert sum(label for _, label in everything) == 747  # every spam message
-    assert len(everything) == 2 * 747  # and as many ham
+    assert sum(label for _, label in everything) == 653  # every distinct spam text
+    assert len({text for text, _ in everything}) == len(everything) == 2 * 653
     ham = {text for text, label in read_spam_collection() if label == 0}
     assert {text for text, label in everything if label == 0} <= ham
     assert load_spam_splits(seed=123) == splits
     other = load_spam_splits(seed=7)
     assert other != splits and sorted(sum(other, [])) != sorted(everything)
+
+
+def test_repeated_texts_stay_in_one_split_unless_asked():
+    train, val, test = load_spam_splits(distinct=False)
+    assert (len(train), len(val), len(test)) == (1045, 149, 300)  # 747 + 747 messages
+    seen = {text for text, _ in train + val}
+    assert sum(text in seen for text, _ in test) > 0  # the original book's leak
+    assert distinct_texts([("a", 1), ("b", 0), ("a", 1)]) == [("a", 1), ("b", 0)]
+    with pytest.raises(ValueError, match="example 2 repeats an earlier text"):
+        distinct_texts([("a", 1), ("b", 0), ("a", 0)])
 
 
 def test_dataset_pads_on_the_right_and_counts_cuts():
@@ -113,7 +124,7 @@ def test_loaders_pad_every_split_like_training(splits: tuple[list, list, list]):
     train, val, test = create_classification_loaders(*splits, batch_size=8)
     width = train.dataset.max_length
     assert val.dataset.max_length == test.dataset.max_length == width
-    assert len(train) == 1045 // 8 and len(test.dataset) == 300  # the sizes above
+    assert len(train) == 914 // 8 and len(test.dataset) == 262  # the sizes above
     first = [labels.tolist() for _, labels in itertools.islice(train, 3)]
     again = create_classification_loaders(*splits, batch_size=8)[0]
     assert first == [labels.tolist() for _, labels in itertools.islice(again, 3)]
