@@ -21,10 +21,13 @@ from llmbook.instruct import (
     instruction_collate,
     judge_available,
     load_instruction_splits,
+    number_in_words,
     parse_score,
     rouge_l,
     save_json,
     score_responses,
+    skill_entry,
+    skill_splits,
 )
 from llmbook.model import GPTConfig, GPTModel
 from llmbook.tokenizer import gpt2_tokenizer
@@ -308,3 +311,59 @@ def test_a_judge_that_does_not_answer_is_named(judge):
     JudgeServer.answers = ["1"]
     with pytest.raises(RuntimeError, match="answered 404"):
         ask_judge("hi", judge + "/nowhere", "m")
+
+
+@pytest.mark.parametrize(
+    ("n", "words"),
+    [
+        (0, "zero"),
+        (13, "thirteen"),
+        (20, "twenty"),
+        (47, "forty-seven"),
+        (99, "ninety-nine"),
+    ],
+)
+def test_numbers_in_words(n, words):
+    assert number_in_words(n) == words
+
+
+def test_number_in_words_refuses_what_it_cannot_write():
+    for n in (-1, 100):
+        with pytest.raises(ValueError, match="0 to 99"):
+            number_in_words(n)
+
+
+def test_skill_answers_are_right():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(50):
+        entry = skill_entry("reverse", rng)
+        words = entry["instruction"].split(": ")[1].rstrip(".").split()
+        assert entry["output"] == f"Reversed: {' '.join(words[::-1])}."
+        entry = skill_entry("count", rng)
+        assert entry["output"] == str(len(entry["input"].split()))
+        entry = skill_entry("extract", rng)
+        record = dict(field.split(": ") for field in entry["input"].split(", "))
+        key = entry["instruction"].split()[3]
+        assert entry["output"] == f"The {key} is {record[key]}."
+    with pytest.raises(ValueError, match="unknown skill"):
+        skill_entry("juggle", rng)
+
+
+def test_skill_splits_hold_out_prompts_and_numbers():
+    train, val, test = skill_splits(n_train=60, n_val=4, n_test=8, seed=5)
+    assert (len(train), len(val), len(test)) == (300, 20, 40)
+    prompts = [{format_input(e) for e in split} for split in (train, val, test)]
+    assert not prompts[0] & prompts[1] and not (prompts[0] | prompts[1]) & prompts[2]
+    assert len(prompts[2]) == len(test) and len(prompts[1]) == len(val)
+
+    def numbers(split):
+        return {int(e["input"]) for e in split if e["skill"] == "number"}
+
+    assert len(numbers(test)) == 8 and not numbers(test) & numbers(train + val)
+    assert all(21 <= n <= 99 and n % 10 for n in numbers(test))
+    assert skill_splits(n_train=60, n_val=4, n_test=8, seed=5)[2] == test
+    assert skill_splits(n_train=60, n_val=4, n_test=8, seed=6)[2] != test
+    with pytest.raises(ValueError, match="at most 72"):
+        skill_splits(n_val=40, n_test=40)

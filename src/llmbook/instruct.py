@@ -6,6 +6,7 @@
 
 import functools
 import json
+import random
 import re
 import urllib.error
 import urllib.request
@@ -364,3 +365,122 @@ def judge_available(url: str = "http://localhost:11434", timeout: float = 2.0) -
         return True  # it answered, if only with an error page
     except (urllib.error.URLError, OSError):
         return False
+
+
+ONES = (
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen "
+    "fourteen fifteen sixteen seventeen eighteen nineteen"
+).split()
+TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+SKILL_WORDS = (
+    "apple river stone cloud green table music bread light window garden paper "
+    "silver orange tiger candle winter forest lemon button pencil rocket island "
+    "carpet mirror pillow castle ladder basket violin spider"
+).split()
+SKILL_NAMES = (
+    "Ana Omar Lena Ravi Mia Tom Sara Ken Nina Leo Eva Ivan Zoe Paul Kim Hugo Rosa "
+    "Amir Lily Max Ines Yuki Olga Sam Tara Jon Maya Ali Nora Ben"
+).split()
+SKILL_CITIES = (
+    "Lima Oslo Cairo Quito Rome Paris Delhi Seoul Tokyo Accra Dublin Porto Riga "
+    "Sofia Hanoi Perth"
+).split()
+SKILL_GIFTS = "scarf book lamp mug kite clock plant map hat vase game pen".split()
+SKILLS = ("reverse", "count", "number", "extract", "thanks")
+
+
+def number_in_words(n: int) -> str:
+    """A whole number from 0 to 99 in English words.
+
+    >>> number_in_words(7), number_in_words(40), number_in_words(83)
+    ('seven', 'forty', 'eighty-three')
+    """
+    if not 0 <= n <= 99:
+        raise ValueError(f"number_in_words takes 0 to 99, got {n}")
+    if n < 20:
+        return ONES[n]
+    tens, ones = divmod(n, 10)
+    return TENS[tens - 2] + (f"-{ONES[ones]}" if ones else "")
+
+
+def skill_entry(skill: str, rng: random.Random) -> dict:
+    """A random instruction entry of one of the SKILLS, with a `skill` field."""
+    text = ""  # the entry's input, if it has one
+    if skill == "reverse":
+        words = rng.sample(SKILL_WORDS, rng.randint(2, 3))
+        instruction = f"Reverse the order of these words: {' '.join(words)}."
+        output = f"Reversed: {' '.join(reversed(words))}."
+    elif skill == "count":
+        words = [rng.choice(SKILL_WORDS) for _ in range(rng.randint(1, 6))]
+        instruction, text = "How many words are in the input?", " ".join(words)
+        output = str(len(words))
+    elif skill == "number":
+        number = rng.randint(0, 99)
+        instruction, text = "Write the number in words.", str(number)
+        output = number_in_words(number)
+    elif skill == "extract":
+        record = {
+            "name": rng.choice(SKILL_NAMES),
+            "city": rng.choice(SKILL_CITIES),
+            "age": str(rng.randint(18, 90)),
+        }
+        keys = rng.sample(list(record), len(record))  # the fields in a random order
+        key = rng.choice(keys)
+        instruction = f"What is the {key} in this record?"
+        text = ", ".join(f"{k}: {record[k]}" for k in keys)
+        output = f"The {key} is {record[key]}."
+    elif skill == "thanks":
+        name, gift = rng.choice(SKILL_NAMES), rng.choice(SKILL_GIFTS)
+        instruction = f"Thank {name} for the {gift}."
+        output = f"Dear {name}, thank you for the {gift}!"
+    else:
+        raise ValueError(f"unknown skill {skill!r}; the skills are {SKILLS}")
+    return {"skill": skill, "instruction": instruction, "input": text, "output": output}
+
+
+def skill_splits(n_train: int = 300, n_val: int = 10, n_test: int = 20, seed=123):
+    """Training, validation and test entries, `n_...` of each skill per split.
+
+    No prompt of the validation or test split occurs in an earlier split or twice
+    in its own (training entries may repeat), and the numbers to write in words
+    in those two splits (from 21 to 99, not multiples of ten) are in no other.
+
+    >>> train, val, test = skill_splits()
+    >>> len(train), len(val), len(test)
+    (1500, 50, 100)
+    """
+    rng = random.Random(seed)
+    candidates = [n for n in range(21, 100) if n % 10]
+    if not (n_train > 0 and n_val >= 0 and n_test > 0):
+        raise ValueError("need n_train > 0, n_val >= 0 and n_test > 0")
+    if n_val + n_test > len(candidates):
+        raise ValueError(f"n_val + n_test must be at most {len(candidates)}")
+    held_out = rng.sample(candidates, n_val + n_test)
+    numbers = [  # the numbers each split may write in words
+        set(range(100)) - set(held_out),
+        set(held_out[:n_val]),
+        set(held_out[n_val:]),
+    ]
+    earlier: set[str] = set()  # the prompts of the splits drawn before
+    splits: list[list[dict]] = []
+    for k, size in enumerate([n_train, n_val, n_test]):
+        split: list[dict] = []
+        for skill in SKILLS:
+            drawn, prompts = 0, set()
+            for _ in range(100 * size + 1000):
+                if drawn == size:
+                    break
+                entry = skill_entry(skill, rng)
+                prompt = format_input(entry)
+                if skill == "number" and int(entry["input"]) not in numbers[k]:
+                    continue
+                if prompt in earlier or (k > 0 and prompt in prompts):
+                    continue
+                prompts.add(prompt)
+                split.append(entry)
+                drawn += 1
+            if drawn < size:
+                raise ValueError(f"could not draw {size} new {skill!r} entries")
+        earlier |= {format_input(entry) for entry in split}
+        splits.append(split)
+    return splits[0], splits[1], splits[2]
