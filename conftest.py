@@ -8,6 +8,7 @@ training again when a figure's code has changed. The site's tests run last.
 """
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,74 @@ def pytest_runtest_call(item: pytest.Item):
             plt.close(number)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Build the site after the chapters' snippets, so that it finds their figures."""
-    last = [item for item in items if item.path.name == SITE_TESTS]
-    items[:] = [item for item in items if item.path.name != SITE_TESTS] + last
+# Pages that start from files other pages write: appendix E from chapter 8's pretrained
+# model and chapter 9's skill model. In one process they run after those pages (they
+# come later in the run's order); under `pytest -n` a worker waits for them.
+PAGE_NEEDS = {
+    "appendix-e-lora.md": [
+        "08-finetuning-classification.md",
+        "09-finetuning-instructions.md",
+    ],
+}
+LONGEST_PAGES = ["08-finetuning-classification.md", "09-finetuning-instructions.md"]
+WAIT_FOR_PAGES_S = 1800
+PAGES_RUN: pytest.StashKey[set[str]] = pytest.StashKey()
+
+
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    """Order the run for several processes (`pytest -n`, pytest-xdist, with
+    `--dist loadgroup --no-loadscope-reorder`, which keeps this order): the two longest
+    pages first, so that they start at once on two workers; the other pages and the
+    test modules fill in around them; then the pages that need their files, then the
+    site's tests, after the chapters' snippets have cached their figures. Each page and
+    each test module is one group, kept in order on one worker (a page's snippets read
+    the files its earlier snippets write; a module's fixtures are made once)."""
+
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        if name == SITE_TESTS:
+            return 4
+        if item.path.suffix != ".md":
+            return 2
+        if name in PAGE_NEEDS:
+            return 3
+        return 0 if name in LONGEST_PAGES else 1
+
+    items.sort(key=rank)  # stable: each page and module keeps its order
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(item.path.name))
+    config.stash[PAGES_RUN] = {i.path.name for i in items if i.path.suffix == ".md"}
+
+
+def _pages_done(config: pytest.Config) -> Path | None:
+    """Where the workers of one `pytest -n` run note the pages they have finished;
+    None in a run of one process."""
+    if not hasattr(config, "workerinput"):
+        return None
+    factory = config._tmp_path_factory  # type: ignore[attr-defined]
+    folder = factory.getbasetemp().parent / "pages-done"  # shared by the workers
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    done = _pages_done(item.config)
+    needs = PAGE_NEEDS.get(item.path.name, [])
+    if done is None or not needs:
+        return
+    waiting = [p for p in needs if p in item.config.stash.get(PAGES_RUN, set())]
+    deadline = time.monotonic() + WAIT_FOR_PAGES_S
+    while any(not (done / page).exists() for page in waiting):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{item.path.name} waited in vain for {', '.join(waiting)}")
+        time.sleep(0.5)
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    done = _pages_done(item.config)
+    if done is None or item.path.suffix != ".md":
+        return
+    if nextitem is None or nextitem.path != item.path:  # the page's last snippet
+        (done / item.path.name).touch()

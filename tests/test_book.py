@@ -389,3 +389,71 @@ def test_the_chapter_tables_agree_with_each_other_and_with_the_chapters():
             assert home[chapter.name][1] == set(targets), chapter.name
         elif chapter.name not in {"index.md", "notebooks.md"}:
             pytest.fail(f"the home page's table leaves out {chapter.name}")
+
+
+def fake_setup(tmp_path: Path, env: dict[str, str]):
+    """Run `tools/book.sh test` in a copy of the repository whose .venv is a fake:
+    its `python` logs its arguments and has no torch, its `ruff` and `mypy` do
+    nothing. Returns the finished process and the logged commands."""
+    import os
+    import subprocess
+
+    (tmp_path / "tools").mkdir()
+    (tmp_path / "tools" / "book.sh").write_text(
+        (ROOT / "tools" / "book.sh").read_text()
+    )
+    (tmp_path / "the-verdict.txt").write_text("")
+    bin_ = tmp_path / ".venv" / "bin"
+    bin_.mkdir(parents=True)
+    log = tmp_path / "calls.log"
+    (bin_ / "python").write_text(
+        "#!/bin/sh\n"
+        f'printf "%s\\n" "$*" >> "{log}"\n'
+        'case "$*" in "-c import torch") exit 1;; esac\n'
+        'case "$*" in "-m pytest"*)\n'
+        f'  echo "threads $OMP_NUM_THREADS" >> "{log}";; esac\n'
+    )
+    for tool in ["ruff", "mypy"]:
+        (bin_ / tool).write_text("#!/bin/sh\n")
+    for script in bin_.iterdir():
+        script.chmod(0o755)
+    done = subprocess.run(
+        ["bash", str(tmp_path / "tools" / "book.sh"), "test"],
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    calls = log.read_text().splitlines() if log.exists() else []
+    return done, calls
+
+
+def test_the_workflows_environment_installs_torch_from_its_index(tmp_path):
+    import yaml
+    from packaging.requirements import Requirement
+
+    workflow = yaml.safe_load((ROOT / ".github/workflows/tests.yml").read_text())
+    step = next(
+        s
+        for s in workflow["jobs"]["test"]["steps"]
+        if "book.sh test" in s.get("run", "")
+    )
+    done, calls = fake_setup(tmp_path, step["env"])
+    assert done.returncode == 0, done.stderr
+    install = next(c for c in calls if c.startswith("-m pip install") and "-e" not in c)
+    words = install.split()
+    # pip's own reading of a requirement: the old value "torch --index-url URL" was
+    # one word for pip, an "Invalid requirement"
+    assert Requirement(words[-1]).name == "torch"
+    assert (
+        words[words.index("--index-url") + 1] == step["env"]["LLMBOOK_TORCH_INDEX_URL"]
+    )
+
+
+def test_an_option_inside_the_torch_requirement_is_refused_before_pip(tmp_path):
+    done, calls = fake_setup(
+        tmp_path, {"LLMBOOK_TORCH": "torch --index-url https://example.org/whl"}
+    )
+    assert done.returncode == 2
+    assert "LLMBOOK_TORCH_INDEX_URL" in done.stderr
+    assert not any(c.startswith("-m pip") for c in calls)

@@ -9,12 +9,39 @@
 #   bash tools/book.sh serve   build the site and serve it on http://127.0.0.1:8000
 #
 # Extra arguments go to pytest or to `mkdocs serve`. Environment:
-#   PYTHON            the Python that creates .venv (default: python3, 3.11 or newer)
-#   LLMBOOK_TORCH     the pip requirement for PyTorch (default: torch)
-#   LLMBOOK_DATA_DIR  a folder holding the data files, for offline machines
+#   PYTHON                  the Python that creates .venv (default: python3, 3.11 or
+#                           newer)
+#   LLMBOOK_TORCH           the pip requirement for PyTorch (default: torch)
+#   LLMBOOK_TORCH_INDEX_URL the package index to take PyTorch from, for example
+#                           https://download.pytorch.org/whl/cpu for the CPU build
+#   LLMBOOK_DATA_DIR        a folder holding the data files, for offline machines
+#   LLMBOOK_TEST_WORKERS    pytest processes (default: one per core; 1 runs the tests
+#                           in one process, in order)
+#
+# The tests run with one thread per process (OMP_NUM_THREADS=1, inherited by the
+# subprocesses that tests start) and one process per core: PyTorch's threads in
+# several processes at once would fight over the same cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export NO_MKDOCS_2_WARNING=1
+
+install_torch() {
+  local index=()
+  case "${LLMBOOK_TORCH:-torch}" in
+    *" "*)
+      echo "error: LLMBOOK_TORCH='$LLMBOOK_TORCH' is not one requirement; give the" \
+        "index in LLMBOOK_TORCH_INDEX_URL (for example LLMBOOK_TORCH=torch" \
+        "LLMBOOK_TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu)" >&2
+      return 2
+      ;;
+  esac
+  if [ -n "${LLMBOOK_TORCH_INDEX_URL:-}" ]; then
+    index=(--index-url "$LLMBOOK_TORCH_INDEX_URL")
+  fi
+  # ${LLMBOOK_TORCH} is one requirement ("torch", "torch==2.13.0"): the index URL
+  # has its own variable, so that no option hides inside a requirement.
+  .venv/bin/python -m pip install --quiet "${index[@]}" "${LLMBOOK_TORCH:-torch}"
+}
 
 setup() {
   if [ ! -x .venv/bin/python ]; then
@@ -23,7 +50,7 @@ setup() {
   fi
   if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     echo "== installing ${LLMBOOK_TORCH:-torch} (once; this is the big download)"
-    .venv/bin/python -m pip install --quiet "${LLMBOOK_TORCH:-torch}"
+    install_torch
   fi
   echo "== installing llmbook and the tools of the book"
   .venv/bin/python -m pip install --quiet -e ".[test]"
@@ -48,7 +75,13 @@ case "${1:-}" in
     echo "== mypy"
     .venv/bin/mypy
     echo "== pytest"
-    .venv/bin/python -m pytest "$@"
+    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+    workers="${LLMBOOK_TEST_WORKERS:-auto}"
+    parallel=()
+    if [ "$workers" != 1 ]; then
+      parallel=(-n "$workers" --dist loadgroup --no-loadscope-reorder)
+    fi
+    .venv/bin/python -m pytest "${parallel[@]}" --durations=15 "$@"
     ;;
   serve)
     shift
