@@ -76,12 +76,12 @@ def pytest_collection_modifyitems(
     config: pytest.Config, items: list[pytest.Item]
 ) -> None:
     """Order the run for several processes (`pytest -n`, pytest-xdist, with
-    `--dist loadgroup --no-loadscope-reorder`, which keeps this order): the two longest
+    `--dist loadfile --no-loadscope-reorder`, which keeps this order): the two longest
     pages first, so that they start at once on two workers; the other pages and the
     test modules fill in around them; then the pages that need their files, then the
     site's tests, after the chapters' snippets have cached their figures. Each page and
-    each test module is one group, kept in order on one worker (a page's snippets read
-    the files its earlier snippets write; a module's fixtures are made once)."""
+    each test module (each file) runs in order on one worker: a page's snippets read
+    the files its earlier snippets write, and a module's fixtures are made once."""
 
     def rank(item: pytest.Item) -> int:
         name = item.path.name
@@ -94,8 +94,6 @@ def pytest_collection_modifyitems(
         return 0 if name in LONGEST_PAGES else 1
 
     items.sort(key=rank)  # stable: each page and module keeps its order
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(item.path.name))
     config.stash[PAGES_RUN] = {i.path.name for i in items if i.path.suffix == ".md"}
 
 

@@ -464,23 +464,22 @@ def test_the_run_starts_the_longest_pages_and_ends_with_the_pages_that_need_them
 ):
     """The order that conftest.py gives the run (the one `pytest -n` dispatches in):
     chapters 8 and 9 first, a page after the pages whose files it reads, the site's
-    tests last; every page and test module one group for pytest-xdist."""
+    tests last, and every file in one piece (`--dist loadfile` keeps a file on one
+    worker, in this order)."""
     root = next(  # the repository's conftest.py, a plugin of this run
         plugin
         for plugin in request.config.pluginmanager.get_plugins()
         if getattr(plugin, "__file__", None) == str(ROOT / "conftest.py")
     )
     items = request.session.items
-    order = list(dict.fromkeys(item.path.name for item in items))
-    for item in items:
-        groups = [m.args[0] for m in item.iter_markers("xdist_group")]
-        assert groups == [item.path.name], item.nodeid
-    pages = [name for name in order if name.endswith(".md")]
-    if set(root.LONGEST_PAGES) <= set(pages):
-        assert order[:2] == root.LONGEST_PAGES
+    order = [item.path.name for item in items]
+    runs = [name for i, name in enumerate(order) if i == 0 or order[i - 1] != name]
+    assert len(runs) == len(set(runs))  # no file comes back after another
+    if set(root.LONGEST_PAGES) <= set(runs):
+        assert runs[:2] == root.LONGEST_PAGES
     for page, needs in root.PAGE_NEEDS.items():
         for need in needs:
-            if page in order and need in order:
-                assert order.index(need) < order.index(page)
-    site = [i for i, name in enumerate(order) if name == root.SITE_TESTS]
-    assert site in ([], [len(order) - 1])
+            if page in runs and need in runs:
+                assert runs.index(need) < runs.index(page)
+    site = [i for i, name in enumerate(runs) if name == root.SITE_TESTS]
+    assert site in ([], [len(runs) - 1])

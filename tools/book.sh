@@ -79,7 +79,7 @@ case "${1:-}" in
     workers="${LLMBOOK_TEST_WORKERS:-auto}"
     parallel=()
     if [ "$workers" != 1 ]; then
-      parallel=(-n "$workers" --dist loadgroup --no-loadscope-reorder)
+      parallel=(-n "$workers" --dist loadfile --no-loadscope-reorder)
     fi
     .venv/bin/python -m pytest "${parallel[@]}" --durations=15 "$@"
     ;;
