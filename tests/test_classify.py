@@ -194,6 +194,20 @@ def test_padding_never_changes_the_last_real_tokens_output():
     torch.testing.assert_close(first, model(padded)[:, 0])
 
 
+def test_the_model_runs_only_on_the_columns_some_row_reads():
+    model = classifier().eval()
+    widths = []
+    model.register_forward_pre_hook(lambda _, args: widths.append(args[0].shape[1]))
+    padded = torch.full((3, 20), PAD)
+    padded[0, :4], padded[1, :9], padded[2, :2] = 11, 12, 13
+    with torch.no_grad():
+        trimmed = classification_logits(model, padded)
+        classification_logits(model, padded, token="first")
+        whole = model(padded)[torch.arange(3), torch.tensor([3, 8, 1])]
+    assert widths == [9, 1, 20]  # the longest row, then one column for "first"
+    torch.testing.assert_close(trimmed, whole, atol=1e-6, rtol=0)
+
+
 def test_logits_refuse_rows_of_padding_and_unknown_tokens():
     model = classifier()
     with pytest.raises(ValueError, match="nothing but padding"):

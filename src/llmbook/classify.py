@@ -218,19 +218,22 @@ def classification_logits(
 
     `token="last"` reads the output at each row's last token that is not padding,
     the one position that has attended to the whole text; `token="first"` reads
-    position 0 (for comparison: it has seen one token only).
+    position 0 (for comparison: it has seen one token only). The model runs only
+    on the columns up to the last one it reads: under the causal mask, the
+    columns after it cannot change its output.
     """
     if token not in ("last", "first"):
         raise ValueError(f"token must be 'last' or 'first', got {token!r}")
-    logits = model(input_ids)  # (B, T, num_classes)
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)  # (B,)
     if token == "first":
-        return logits[rows, 0]
+        return model(input_ids[:, :1])[rows, 0]  # (B, num_classes)
     real = input_ids != pad_token_id  # (B, T)
     if input_ids.device.type == "cpu" and not real.any(dim=1).all():  # no GPU sync
         raise ValueError("a row holds nothing but padding; every text needs a token")
     positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (T,)
     last = (real * positions).argmax(dim=1)  # (B,) the last real token's position
+    width = int(last.max()) + 1  # the columns that some row reads
+    logits = model(input_ids[:, :width])  # (B, width, num_classes)
     return logits[rows, last]  # (B, num_classes)
 
 
