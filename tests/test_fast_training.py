@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 
+from llmbook.bpe import BPETokenizer
 from llmbook.data import create_dataloader
 from llmbook.model import GPTConfig, GPTModel
 from llmbook.train import (
@@ -18,7 +19,13 @@ from llmbook.train import (
     train_model,
 )
 
-CFG = GPTConfig.preset("debug", context_length=16, drop_rate=0.0)
+# Byte-level tokens: GPT-2's ids are not the point here, and its 50,257-row output
+# layer would be most of the time.
+BYTES = BPETokenizer()  # the 256 bytes and <|endoftext|>
+CFG = GPTConfig.preset(
+    "debug", context_length=16, drop_rate=0.0, vocab_size=BYTES.vocab_size
+)
+STORY_START = 257  # characters: 16 windows of 16 bytes and one more target
 
 
 def train(text, batch_size, steps=None, epochs=1, cfg=CFG, optimizer=None, **options):
@@ -27,7 +34,13 @@ def train(text, batch_size, steps=None, epochs=1, cfg=CFG, optimizer=None, **opt
     torch.manual_seed(0)
     model = GPTModel(cfg)
     loader = create_dataloader(
-        text[:1000], batch_size, 16, 16, shuffle=False, drop_last=False
+        text[:STORY_START],
+        batch_size,
+        16,
+        16,
+        shuffle=False,
+        drop_last=False,
+        tokenizer=BYTES,
     )
     assert len(loader) * batch_size >= 16 > (len(loader) - 1) * batch_size
     optimizer = optimizer or torch.optim.AdamW
@@ -44,7 +57,7 @@ def train(text, batch_size, steps=None, epochs=1, cfg=CFG, optimizer=None, **opt
 def verdict_start():
     from llmbook.data import data_file
 
-    return data_file("the-verdict.txt").read_text(encoding="utf-8")[:1000]
+    return data_file("the-verdict.txt").read_text(encoding="utf-8")[:STORY_START]
 
 
 def assert_same_weights(a, b, atol):
@@ -74,7 +87,9 @@ def test_three_accumulated_batches_of_2_equal_one_batch_of_6(verdict):
 def accumulating_run(folder, max_steps=None, resume=False, accum=3):
     torch.manual_seed(0)
     model = GPTModel(dataclasses.replace(CFG, drop_rate=0.2))
-    loader = create_dataloader(verdict_start(), 2, 16, 16, seed=3, drop_last=False)
+    loader = create_dataloader(
+        verdict_start(), 2, 16, 16, seed=3, drop_last=False, tokenizer=BYTES
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     settings = TrainingConfig(
         num_epochs=2,
