@@ -182,7 +182,7 @@ def test_ctrl_c_stops_at_a_checkpoint_and_the_hint_finishes_the_run(tmp_path, ve
             "--context-length",
             "32",
             "--max-steps",  # 99 steps an epoch: --max-steps sets the epochs too
-            "600",
+            "200",
             "--eval-freq",
             "1000",
             "--checkpoint-every",
@@ -204,10 +204,10 @@ def test_ctrl_c_stops_at_a_checkpoint_and_the_hint_finishes_the_run(tmp_path, ve
     hint = f"continue with: llmbook pretrain --out {out} --resume"
     assert stderr.rstrip().endswith(hint)
     stopped = int((out / "checkpoints" / "latest").read_text().removeprefix("step-"))
-    assert 5 <= stopped < 600
+    assert 5 <= stopped < 200
     # The hint as given: the run keeps its own length and checkpoint interval.
     llmbook("pretrain", "--out", out, "--resume", check=0)
-    assert (out / "checkpoints" / "latest").read_text() == "step-00000600"
+    assert (out / "checkpoints" / "latest").read_text() == "step-00000200"
     assert (out / "model.safetensors").is_file()
 
 
