@@ -4,7 +4,7 @@ The snippet run of the chapters (pytest-codeblocks) executes every figure block 
 book, which for chapters 7-9 means training a model. The figure such a block draws is
 saved into the figure cache, under the key that tools/figures.py computes from the
 same code (and library), where `python tools/figures.py` finds it instead of
-training again when a figure's code has changed. The site's tests run last.
+training again when a figure's code has changed.
 """
 
 import sys
@@ -16,8 +16,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "tools"))
 
 import figures  # noqa: E402  (tools/ is not a package)
-
-SITE_TESTS = "test_site.py"  # the site build and the browser tests
 
 
 def _figure_block(item: pytest.Item) -> figures.FigureBlock | None:
@@ -68,6 +66,15 @@ PAGE_NEEDS = {
     ],
 }
 LONGEST_PAGES = ["08-finetuning-classification.md", "09-finetuning-instructions.md"]
+# The test modules that take longest, started before the many short ones, which then
+# fill the end of the run evenly on every worker.
+LONG_MODULES = [
+    "test_site.py",  # the site build and the browser tests
+    "test_cli.py",
+    "test_distributed.py",
+    "test_notebooks.py",
+    "test_guarded_cells.py",
+]
 WAIT_FOR_PAGES_S = 1800
 PAGES_RUN: pytest.StashKey[set[str]] = pytest.StashKey()
 
@@ -76,21 +83,21 @@ def pytest_collection_modifyitems(
     config: pytest.Config, items: list[pytest.Item]
 ) -> None:
     """Order the run for several processes (`pytest -n`, pytest-xdist, with
-    `--dist loadfile --no-loadscope-reorder`, which keeps this order): the two longest
-    pages first, so that they start at once on two workers; the other pages and the
-    test modules fill in around them; then the pages that need their files, then the
-    site's tests, after the chapters' snippets have cached their figures. Each page and
-    each test module (each file) runs in order on one worker: a page's snippets read
-    the files its earlier snippets write, and a module's fixtures are made once."""
+    `--dist loadfile --no-loadscope-reorder`, which keeps this order), longest work
+    first: the two longest pages, so that they start at once on two workers; the other
+    pages; the pages that need the files of those two (by then written); the long test
+    modules; the short ones. Each page and each test module (each file) runs in order
+    on one worker: a page's snippets read the files its earlier snippets write, and a
+    module's fixtures are made once. (The site's tests need no snippet to have run
+    first: `tools/figures.py --check` has checked the committed figures, and the site
+    build draws any that are out of date itself.)"""
 
     def rank(item: pytest.Item) -> int:
         name = item.path.name
-        if name == SITE_TESTS:
-            return 4
         if item.path.suffix != ".md":
-            return 2
+            return 3 if name in LONG_MODULES else 4
         if name in PAGE_NEEDS:
-            return 3
+            return 2
         return 0 if name in LONGEST_PAGES else 1
 
     items.sort(key=rank)  # stable: each page and module keeps its order

@@ -459,13 +459,11 @@ def test_an_option_inside_the_torch_requirement_is_refused_before_pip(tmp_path):
     assert not any(c.startswith("-m pip") for c in calls)
 
 
-def test_the_run_starts_the_longest_pages_and_ends_with_the_pages_that_need_them(
-    request,
-):
+def test_the_run_starts_with_the_longest_pages_and_keeps_every_file_whole(request):
     """The order that conftest.py gives the run (the one `pytest -n` dispatches in):
-    chapters 8 and 9 first, a page after the pages whose files it reads, the site's
-    tests last, and every file in one piece (`--dist loadfile` keeps a file on one
-    worker, in this order)."""
+    chapters 8 and 9 first, then the other pages, a page after the pages whose files it
+    reads, then the test modules, the long ones first; every file in one piece
+    (`--dist loadfile` keeps a file on one worker, in this order)."""
     root = next(  # the repository's conftest.py, a plugin of this run
         plugin
         for plugin in request.config.pluginmanager.get_plugins()
@@ -481,5 +479,8 @@ def test_the_run_starts_the_longest_pages_and_ends_with_the_pages_that_need_them
         for need in needs:
             if page in runs and need in runs:
                 assert runs.index(need) < runs.index(page)
-    site = [i for i, name in enumerate(runs) if name == root.SITE_TESTS]
-    assert site in ([], [len(runs) - 1])
+    pages = [name.endswith(".md") for name in runs]
+    assert pages == sorted(pages, reverse=True)  # every page before every module
+    modules = [name for name in runs if not name.endswith(".md")]
+    long = [name in root.LONG_MODULES for name in modules]
+    assert long == sorted(long, reverse=True)
