@@ -56,10 +56,12 @@ def pytest_runtest_call(item: pytest.Item):
             plt.close(number)
 
 
-# Pages that start from files other pages write: appendix E from chapter 8's pretrained
-# model and chapter 9's skill model. In one process they run after those pages (they
-# come later in the run's order); under `pytest -n` a worker waits for them.
+# Pages that start from files other pages write: appendix D from chapter 7's tokenizer
+# and history, appendix E from chapter 8's pretrained model and chapter 9's skill model.
+# In one process they run after those pages (they come later in the run's order);
+# under `pytest -n` a worker waits for them.
 PAGE_NEEDS = {
+    "appendix-d-training-loop.md": ["07-pretraining.md"],
     "appendix-e-lora.md": [
         "08-finetuning-classification.md",
         "09-finetuning-instructions.md",

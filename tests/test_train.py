@@ -11,6 +11,7 @@ from llmbook.data import create_dataloader
 from llmbook.model import GPTConfig, GPTModel
 from llmbook.train import (
     TrainingConfig,
+    TrainingHistory,
     calc_loss_batch,
     calc_loss_loader,
     latest_checkpoint,
@@ -95,6 +96,23 @@ def test_a_short_run_lowers_the_loss(text):
     assert history.train_losses[-1] < history.train_losses[0] - 1.5
     assert history.tokens_seen[-1] == history.steps[-1] * 4 * 16
     assert history.samples == ["sample"] * 4  # one per epoch
+
+
+def test_a_history_saved_as_json_loads_back_equal(tmp_path):
+    history = TrainingHistory(samples=[[1, 2], "text"])
+    history.record(12, 384, 6.123456789, 6.2, lr=1e-3, grad_norm=0.5)
+    history.record(24, 768, 5.9, 6.0, lr=5e-4)
+    history.save(tmp_path / "history.json")
+    assert TrainingHistory.load(tmp_path / "history.json") == history
+    assert [p.name for p in tmp_path.iterdir()] == ["history.json"]  # no leftovers
+
+
+@pytest.mark.parametrize("content", ['{"steps": [1], "accuracy": [0.5]}', "[1, 2]"])
+def test_a_file_that_is_no_history_is_named(tmp_path, content):
+    path = tmp_path / "other.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match="other.json holds no training history"):
+        TrainingHistory.load(path)
 
 
 def run(text, directory, max_steps=None, resume=False, seed=7, drop=0.2, every=3):

@@ -145,6 +145,18 @@ class TrainingHistory:
         if grad_norm is not None:
             self.grad_norms.append(grad_norm)
 
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the history to `path` as JSON; `TrainingHistory.load` reads it."""
+        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(asdict(self))))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TrainingHistory":
+        """The history that `save` wrote to `path`."""
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not set(data) <= set(asdict(cls())):
+            raise ValueError(f"{path} holds no training history (see its `save`)")
+        return cls(**data)
+
 
 def evaluate(model, train_loader, val_loader, device, eval_iter, loss_fn=None):
     """Train and validation loss with dropout off and no gradients.
