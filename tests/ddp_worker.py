@@ -10,11 +10,11 @@ from pathlib import Path
 
 import torch
 
-from llmbook.bpe import BPETokenizer
 from llmbook.data import create_dataloader, data_file
 from llmbook.distributed import device_for, distributed, distributed_loader
-from llmbook.model import GPTConfig, GPTModel
+from llmbook.model import GPTModel
 from llmbook.train import TrainingConfig, calc_loss_batch, save_model, train_model
+from tiny import BYTES, tiny_config
 
 
 def main() -> None:
@@ -29,17 +29,11 @@ def main() -> None:
     text = data_file("the-verdict.txt").read_text(encoding="utf-8")
     with distributed() as place:
         torch.manual_seed(123)
-        # Byte-level tokens keep the model, its gradients and its checkpoints small:
-        # GPT-2's ids are not the point. 980 and 305 characters give the 61 and 19
-        # windows that 4,000 and 1,200 characters gave with GPT-2's tokens.
-        tokens = BPETokenizer()  # the 256 bytes and <|endoftext|>
-        cfg = GPTConfig.preset(
-            "debug",
-            context_length=16,
-            drop_rate=args.drop,
-            vocab_size=tokens.vocab_size,
-        )
-        model = GPTModel(cfg).to(device_for(place))
+        # The tests' byte-level model (tests/tiny.py) keeps the model, its gradients
+        # and its checkpoints small: GPT-2's ids are not the point. 980 and 305
+        # characters give 61 and 19 windows of 16 bytes.
+        tokens = BYTES
+        model = GPTModel(tiny_config(drop_rate=args.drop)).to(device_for(place))
         train = distributed_loader(
             create_dataloader(
                 text[:980], args.batch_size, 16, 16, seed=5, tokenizer=tokens

@@ -290,45 +290,6 @@ def test_train_model_learns_a_toy_task_through_loss_fn():
     assert len(history.samples) == 6
 
 
-def test_classifier_checkpoints_resume_exactly(tmp_path, splits):
-    def run(folder, max_steps=None, resume=False):
-        loaders = create_classification_loaders(
-            splits[0][:64], splits[1][:8], splits[2][:8], batch_size=8, max_length=32
-        )
-        model = classifier(seed=3)
-        optimizer = torch.optim.AdamW(
-            [p for p in model.parameters() if p.requires_grad], lr=1e-3
-        )
-        settings = TrainingConfig(
-            num_epochs=2,
-            eval_freq=3,
-            eval_iter=1,
-            checkpoint_dir=folder,
-            checkpoint_every=2,
-            max_steps=max_steps,
-            progress=False,
-        )
-        train_model(
-            model,
-            loaders[0],
-            loaders[1],
-            optimizer,
-            "cpu",
-            settings,
-            resume=resume,
-            loss_fn=calc_classification_loss,
-        )
-        return model
-
-    straight = run(tmp_path / "a")
-    run(tmp_path / "b", max_steps=5)
-    resumed = run(tmp_path / "b", resume=True)
-    for (name, p), q in zip(
-        straight.state_dict().items(), resumed.state_dict().values(), strict=True
-    ):
-        assert torch.equal(p, q), name
-
-
 def test_classify_answers_and_refuses_bad_messages():
     model = classifier().train()
     label, probability = classify("Win a free prize", model)

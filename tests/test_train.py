@@ -1,4 +1,5 @@
-"""llmbook.train: losses, a falling training loss, exact resume, checked checkpoints."""
+"""llmbook.train: losses, a falling training loss, checked checkpoints (exact resume:
+tests/test_resume.py)."""
 
 import dataclasses
 from pathlib import Path
@@ -6,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmbook.bpe import BPETokenizer
 from llmbook.data import create_dataloader
 from llmbook.model import GPTConfig, GPTModel
 from llmbook.train import (
@@ -23,26 +23,16 @@ from llmbook.train import (
     text_loss,
     train_model,
 )
+from tiny import TINY, story_loaders
 
-# Byte-level tokens: GPT-2's ids are not the point of these tests, and its 50,257-row
-# output layer and checkpoints would be most of their time.
-BYTES = BPETokenizer()  # the 256 bytes and <|endoftext|>
-# 720 and 200 characters give the 11 training and 6 validation batches that 3,000 and
-# 800 characters gave with GPT-2's tokens.
-CFG = GPTConfig.preset("debug", context_length=16, vocab_size=BYTES.vocab_size)
+# The tests' byte-level model (tests/tiny.py): GPT-2's ids are not the point here.
+CFG = TINY
+loaders = story_loaders  # 11 training batches of 4, 6 validation batches of 2
 
 
 @pytest.fixture(scope="module")
 def text(verdict):
     return verdict
-
-
-def loaders(text, seed=7, shuffle=True):
-    train = create_dataloader(
-        text[:720], 4, 16, 16, shuffle=shuffle, seed=seed, tokenizer=BYTES
-    )
-    val = create_dataloader(text[-200:], 2, 16, 16, shuffle=False, tokenizer=BYTES)
-    return train, val
 
 
 def test_loss_batch_is_cross_entropy_by_hand(text):
@@ -131,27 +121,6 @@ def run(text, directory, max_steps=None, resume=False, seed=7, drop=0.2, every=3
     )
     history = train_model(model, train, val, optimizer, "cpu", settings, resume=resume)
     return model, optimizer, history
-
-
-@pytest.mark.parametrize(
-    "seed, stop, every",
-    [(7, 4, 4), (None, 12, 12), (7, 11, 1)],
-    ids=["mid-epoch", "epoch-end-global-rng", "every-step"],
-)
-def test_resume_reproduces_an_uninterrupted_run(tmp_path, text, seed, stop, every):
-    straight, opt_a, history = run(text, tmp_path / "a", seed=seed, every=every)
-    run(text, tmp_path / "b", max_steps=stop, seed=seed, every=every)
-    assert str(latest_checkpoint(tmp_path / "b")).endswith(f"step-{stop:08d}")
-    resumed, opt_b, resumed_history = run(
-        text, tmp_path / "b", resume=True, seed=seed, every=every
-    )
-    for name, tensor in straight.state_dict().items():
-        assert torch.equal(tensor, resumed.state_dict()[name]), name
-    assert history == resumed_history
-    state_a, state_b = opt_a.state_dict()["state"], opt_b.state_dict()["state"]
-    assert all(
-        torch.equal(state_a[k]["exp_avg"], state_b[k]["exp_avg"]) for k in state_a
-    )
 
 
 def test_resume_without_checkpoints_starts_fresh(tmp_path, text):
@@ -511,7 +480,7 @@ def test_text_loss_predicts_every_token_after_the_first_once(length):
     tokenizer = BPETokenizer()  # bytes only: one token per ASCII character
     text = "".join(chr(97 + (i * 7) % 26) for i in range(length))
     torch.manual_seed(0)
-    model = GPTModel(GPTConfig.preset("debug", vocab_size=257, context_length=16))
+    model = GPTModel(TINY)
     model.train()
     per_token, per_char = text_loss(model, tokenizer, text)
     assert model.training  # the mode is given back

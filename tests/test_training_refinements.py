@@ -1,5 +1,6 @@
 """llmbook.train's refinements (appendix D): the learning-rate schedule, gradient
-clipping, and exact resume with both."""
+clipping, and resuming with another schedule refused (exact resume with both:
+tests/test_resume.py)."""
 
 import math
 from typing import Any
@@ -7,25 +8,18 @@ from typing import Any
 import pytest
 import torch
 
-from llmbook.bpe import BPETokenizer
-from llmbook.data import create_dataloader
-from llmbook.model import GPTConfig, GPTModel
+from llmbook.model import GPTModel
 from llmbook.train import (
     TrainingConfig,
     calc_loss_batch,
-    latest_checkpoint,
     lr_factor,
     train_model,
 )
+from tiny import story_loaders, tiny_config
 
 # No dropout: evaluations draw from the global generator (a DataLoader's iterator
 # takes a seed from it), which the loop written by hand below does not repeat.
-BYTES = BPETokenizer()  # byte-level tokens: GPT-2's ids are not the point here
-# (720 and 200 characters: the 11 and 6 batches that 3,000 and 800 characters gave
-# with GPT-2's tokens)
-CFG = GPTConfig.preset(
-    "debug", context_length=16, drop_rate=0.0, vocab_size=BYTES.vocab_size
-)
+CFG = tiny_config(drop_rate=0.0)  # tests/tiny.py: GPT-2's ids are not the point here
 
 
 def test_warmup_rises_linearly_to_the_peak():
@@ -54,12 +48,7 @@ def test_cosine_falls_from_the_peak_to_the_floor_at_the_last_step(warmup, floor)
     assert lr_factor(total + 5, total, warmup, True, floor) == pytest.approx(floor)
 
 
-def loaders(text, seed=7, shuffle=True):
-    train = create_dataloader(
-        text[:720], 4, 16, 16, shuffle=shuffle, seed=seed, tokenizer=BYTES
-    )
-    val = create_dataloader(text[-200:], 2, 16, 16, shuffle=False, tokenizer=BYTES)
-    return train, val
+loaders = story_loaders  # 11 training batches of 4, 6 validation batches of 2
 
 
 def two_group_optimizer(model):
@@ -136,7 +125,7 @@ def test_without_refinements_the_learning_rate_is_left_alone(verdict):
 
 def refined_run(text, directory, interrupt_after=None, resume=False, **changes):
     torch.manual_seed(123)
-    model = GPTModel(GPTConfig.preset("debug", context_length=16, drop_rate=0.2))
+    model = GPTModel(tiny_config(drop_rate=0.2))
     train, val = loaders(text)
     optimizer = two_group_optimizer(model)
     settings = TrainingConfig(
@@ -161,17 +150,6 @@ def refined_run(text, directory, interrupt_after=None, resume=False, **changes):
         model, train, val, optimizer, "cpu", settings, resume=resume, loss_fn=loss_fn
     )
     return model, history
-
-
-def test_an_interrupted_refined_run_resumes_exactly(tmp_path, verdict):
-    straight, history = refined_run(verdict, tmp_path / "a")
-    with pytest.raises(KeyboardInterrupt):
-        refined_run(verdict, tmp_path / "b", interrupt_after=10)
-    assert str(latest_checkpoint(tmp_path / "b")).endswith("step-00000006")
-    resumed, resumed_history = refined_run(verdict, tmp_path / "b", resume=True)
-    for name, tensor in straight.state_dict().items():
-        assert torch.equal(tensor, resumed.state_dict()[name]), name
-    assert resumed_history == history
 
 
 @pytest.mark.parametrize(
