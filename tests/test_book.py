@@ -1,8 +1,11 @@
 """The book as a whole: snippet conventions, the MkDocs hooks, the strict site build."""
 
 import re
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 import pytest_codeblocks
@@ -27,28 +30,6 @@ def run_codeblocks(pytester, markdown: str):
     )
 
 
-def test_gpu_cells_are_skipped_with_their_reason_on_cpu(pytester):
-    result = run_codeblocks(
-        pytester,
-        f"""\
-        {GPU_MARK}
-        ```python
-        import torch
-        print(torch.ones(1, device="cuda").item())
-        ```
-
-        ```python
-        print("cpu sibling")
-        ```
-        """,
-    )
-    if torch.cuda.is_available():
-        result.assert_outcomes(passed=2)
-    else:
-        result.assert_outcomes(passed=1, skipped=1)
-        result.stdout.fnmatch_lines(["*SKIPPED*needs a CUDA GPU*"])
-
-
 # A snippet whose shown output is wrong: the tests must fail on it.
 WRONG_OUTPUT = """\
 ```python
@@ -60,19 +41,10 @@ print(6 * 7)
 41
 ```
 """
-
-
-def test_a_wrong_expected_output_fails(pytester):
-    result = run_codeblocks(pytester, WRONG_OUTPUT)
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*but got*", "42"])
-
-
-def test_a_wrong_solution_in_a_collapsed_block_fails(pytester):
-    # Exercise solutions sit indented inside `??? success` blocks; their fences are
-    # collected, run and checked like any other, so a wrong output fails (and a
-    # right one, with a blank line inside its code, passes).
-    right = """\
+# Exercise solutions sit indented inside `??? success` blocks; their fences are
+# collected, run and checked like any other, so a wrong output fails (and a right one,
+# with a blank line inside its code, passes).
+RIGHT_SOLUTION = """\
 ```python
 for n in range(3):
 
@@ -86,12 +58,68 @@ for n in range(3):
 4
 ```
 """
-    page = "### An exercise\n"
-    for solution in [right, WRONG_OUTPUT]:
-        page += '\n??? success "Solution"\n\n' + textwrap.indent(solution, "    ")
-    result = run_codeblocks(pytester, page)
-    result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["*but got*", "42"])
+PAGES = {
+    "gpu": f"""\
+{GPU_MARK}
+```python
+import torch
+print(torch.ones(1, device="cuda").item())
+```
+
+```python
+print("cpu sibling")
+```
+""",
+    "wrong": WRONG_OUTPUT,
+    "exercise": "### An exercise\n"
+    + "".join(
+        '\n??? success "Solution"\n\n' + textwrap.indent(solution, "    ")
+        for solution in [RIGHT_SOLUTION, WRONG_OUTPUT]
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def snippet_run(tmp_path_factory) -> dict[str, list[tuple[str, str]]]:
+    """One run of pytest-codeblocks, as the book's tests run it, over the small
+    PAGES: for each page, the outcome of each snippet and its report."""
+    folder = tmp_path_factory.mktemp("snippets")
+    for name, page in PAGES.items():
+        (folder / f"{name}.md").write_text(page, encoding="utf-8")
+    subprocess.run(
+        [sys.executable, "-m", "pytest", "--codeblocks", "-p", "no:cacheprovider"]
+        + ["-p", "no:xdist", "--junitxml", "results.xml", "--rootdir", ".", "."],
+        capture_output=True,
+        cwd=folder,
+    )
+    found: dict[str, list[tuple[str, str]]] = {name: [] for name in PAGES}
+    for case in ElementTree.parse(folder / "results.xml").iter("testcase"):
+        outcome = next(iter(case), None)  # <failure>, <skipped> or nothing
+        report = "" if outcome is None else f"{outcome.get('message')}"
+        found[case.get("classname", "").removesuffix(".md")].append(
+            ("passed" if outcome is None else outcome.tag, report)
+        )
+    return found
+
+
+def test_gpu_cells_are_skipped_with_their_reason_on_cpu(snippet_run):
+    (gpu, reason), (cpu, _) = snippet_run["gpu"]
+    assert cpu == "passed"
+    if torch.cuda.is_available():
+        assert gpu == "passed"
+    else:
+        assert gpu == "skipped" and "needs a CUDA GPU" in reason
+
+
+def test_a_wrong_expected_output_fails(snippet_run):
+    [(outcome, report)] = snippet_run["wrong"]
+    assert outcome == "failure" and re.search(r"but got\n```\n42\n", report)
+
+
+def test_a_wrong_solution_in_a_collapsed_block_fails(snippet_run):
+    (right, _), (wrong, report) = snippet_run["exercise"]
+    assert right == "passed"
+    assert wrong == "failure" and re.search(r"but got\n```\n42\n", report)
 
 
 def solution_blocks(chapter: Path) -> list[tuple[int, list[int]]]:
