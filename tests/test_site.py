@@ -293,14 +293,27 @@ def test_menu_labels_are_the_page_headings(browser, served, site):
 
 
 def test_search_finds_attention_and_file_names(browser, served):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     context, page, visit = _open(browser, served, served, DESKTOP)
+    search = page.locator("input.md-search__input")  # in the header at this width
     for query, page_name in [("attention", "05-attention"), ("tokenizer.py", "02-")]:
-        page.fill("input.md-search__input", query)  # in the header at this width
-        page.wait_for_selector(".md-search-result__item", state="attached")
-        results = page.eval_on_selector_all(
-            ".md-search-result__item a", "links => links.map(a => a.href)"
-        )
-        assert any(page_name in href for href in results), (query, results[:5])
+        search.fill("")
+        # Typed key by key, as a reader types: the theme searches on each key's
+        # release (and once its index is built, which takes a while on a busy machine).
+        search.press_sequentially(query)
+        try:
+            page.wait_for_function(
+                """name => [...document.querySelectorAll(".md-search-result__item a")]
+                  .some(a => a.href.includes(name))""",
+                arg=page_name,
+                timeout=120_000,
+            )
+        except PlaywrightTimeout:
+            results = page.eval_on_selector_all(
+                ".md-search-result__item a", "links => links.map(a => a.href)"
+            )
+            pytest.fail(f"searching {query!r} found no {page_name}: {results[:5]}")
         page.keyboard.press("Escape")
     context.close()
     assert visit.problems == []
