@@ -1,6 +1,6 @@
 """The tests' small-vocabulary model: where GPT-2's token ids are not the point of a
 test, its 50,257-row embedding and output layer would be most of the test's time, so
-these tests read text byte by byte (257 tokens: the 256 bytes and <|endoftext|>)."""
+these tests read text byte by byte: 257 tokens, the 256 bytes and <|endoftext|>."""
 
 import dataclasses
 
@@ -8,7 +8,7 @@ from llmbook.bpe import BPETokenizer
 from llmbook.data import create_dataloader
 from llmbook.model import GPTConfig
 
-BYTES = BPETokenizer()  # the 256 bytes and <|endoftext|>
+BYTES = BPETokenizer(special_tokens={"<|endoftext|>": 256})  # the bytes, then EOT
 # GPTConfig's debug preset (2 blocks of width 32) over bytes, with a context of 16.
 TINY = GPTConfig.preset("debug", context_length=16, vocab_size=BYTES.vocab_size)
 
