@@ -1,7 +1,10 @@
-"""The `llmbook` command, run as a user runs it: a subprocess, on tiny settings."""
+"""The `llmbook` command on tiny settings: through `main` in this process, and as a
+user runs it, in a process of its own, where that matters (signals, torchrun, exit
+codes, the installed script)."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import io
 import json
@@ -53,6 +56,28 @@ def llmbook(*args, cwd=None, env=None, check=None) -> subprocess.CompletedProces
     return result
 
 
+def command(*args, cwd=None, env=None, check=None) -> subprocess.CompletedProcess:
+    """`llmbook ARGS` run in this process, through the `main` that the console script
+    calls, with what it prints captured: as `llmbook(...)` does, without the 3 s that
+    a new process spends importing PyTorch and its compiler. (A real process is kept
+    for what needs one: signals, torchrun, the installed script and its exit codes.)"""
+    argv = [str(arg) for arg in args]
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(contextlib.redirect_stdout(out))
+        stack.enter_context(contextlib.redirect_stderr(err))
+        if cwd is not None:
+            stack.enter_context(contextlib.chdir(cwd))
+        patch = stack.enter_context(pytest.MonkeyPatch.context())
+        for name, value in (env or {}).items():
+            patch.setenv(name, value)
+        code = main(argv)
+    result = subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+    if check is not None:
+        assert result.returncode == check, result.stderr
+    return result
+
+
 @pytest.fixture(scope="module")
 def verdict() -> Path:
     return data_file("the-verdict.txt")
@@ -62,7 +87,7 @@ def verdict() -> Path:
 def run(tmp_path_factory, verdict) -> Path:
     """A finished pretraining run, context 256 (instruction prompts fit)."""
     out = tmp_path_factory.mktemp("runs") / "run"
-    llmbook(
+    command(
         "pretrain",
         verdict,
         "--out",
@@ -145,10 +170,10 @@ def tensors(path: Path) -> dict[str, torch.Tensor]:
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, verdict):
     common = [verdict, *TINY, "--context-length", 32, "--eval-freq", 2]
     common += ["--checkpoint-every", 3]
-    llmbook("pretrain", *common, "--out", tmp_path / "whole", "--max-steps", 8, check=0)
+    command("pretrain", *common, "--out", tmp_path / "whole", "--max-steps", 8, check=0)
     # Stopped after 4 steps (its last checkpoint is step 3), then continued.
-    llmbook("pretrain", *common, "--out", tmp_path / "cut", "--max-steps", 4, check=0)
-    resumed = llmbook(
+    command("pretrain", *common, "--out", tmp_path / "cut", "--max-steps", 4, check=0)
+    resumed = command(
         "pretrain",
         "--out",
         tmp_path / "cut",
@@ -206,7 +231,7 @@ def test_ctrl_c_stops_at_a_checkpoint_and_the_hint_finishes_the_run(tmp_path, ve
     stopped = int((out / "checkpoints" / "latest").read_text().removeprefix("step-"))
     assert 5 <= stopped < 200
     # The hint as given: the run keeps its own length and checkpoint interval.
-    llmbook("pretrain", "--out", out, "--resume", check=0)
+    command("pretrain", "--out", out, "--resume", check=0)
     assert (out / "checkpoints" / "latest").read_text() == "step-00000200"
     assert (out / "model.safetensors").is_file()
 
@@ -286,8 +311,8 @@ def test_mistakes_end_in_one_line_with_code_2_for_usage_and_1_for_failures(
 
 def test_generate_prints_what_the_library_generates(run):
     sampling = ["--max-new-tokens", 12, "--temperature", 1.5, "--top-k", 20]
-    command = ["generate", "--checkpoint", run, "--prompt", "I had", *sampling]
-    result = llmbook(*command, "--seed", 5, "--device", "cpu", check=0)
+    asked = ["generate", "--checkpoint", run, "--prompt", "I had", *sampling]
+    result = command(*asked, "--seed", 5, "--device", "cpu", check=0)
     model = load_model(run / "model.safetensors").eval()
     tokenizer = load_tokenizer("tokenizer.json", run)
     ids = tokenizer.encode("I had", allowed_special={"<|endoftext|>"})
@@ -297,8 +322,8 @@ def test_generate_prints_what_the_library_generates(run):
     expected = tokenizer.decode([i for i in row.tolist() if i != eos])
     assert result.stdout == expected + "\n"
     # The same seed gives the same text again; another seed, another text.
-    assert llmbook(*command, "--seed", 5, check=0).stdout == result.stdout
-    assert llmbook(*command, "--seed", 6, check=0).stdout != result.stdout
+    assert command(*asked, "--seed", 5, check=0).stdout == result.stdout
+    assert command(*asked, "--seed", 6, check=0).stdout != result.stdout
 
 
 def test_tokens_are_printed_one_by_one_as_they_come(run):
@@ -333,7 +358,7 @@ def test_generate_from_gpt2_weights_in_the_download_cache(tmp_path):
     torch.manual_seed(0)
     folder = tmp_path / "gpt2" / "gpt2-small"  # where download_gpt2 looks first
     transformers.GPT2LMHeadModel(config).save_pretrained(folder)
-    result = llmbook(
+    result = command(
         "generate",
         "--gpt2",
         "gpt2-small",
@@ -374,7 +399,7 @@ def test_labelled_texts_come_from_tsv_or_csv(tmp_path):
 def test_finetune_a_classifier_then_label_texts(tmp_path, run):
     lines = data_file("SMSSpamCollection").read_text(encoding="utf-8").splitlines()
     (tmp_path / "sms.tsv").write_text("\n".join(lines[:80]) + "\n", encoding="utf-8")
-    result = llmbook(
+    result = command(
         "finetune",
         "classify",
         "--data",
@@ -396,7 +421,7 @@ def test_finetune_a_classifier_then_label_texts(tmp_path, run):
     accuracy = json.loads((tmp_path / "spam" / "accuracy.json").read_text())
     assert set(accuracy) == {"training", "validation", "test"}
     texts = ["WINNER! Claim your free prize now", "See you at the station at six"]
-    labelled = llmbook(
+    labelled = command(
         "classify",
         "--checkpoint",
         tmp_path / "spam",
@@ -410,7 +435,7 @@ def test_finetune_a_classifier_then_label_texts(tmp_path, run):
     assert {row[0] for row in rows} <= {"ham", "spam"}
     assert all(0.5 <= float(row[1]) <= 1.0 for row in rows)
     # A classifier is not a text generator: the command says what to use.
-    wrong = llmbook("generate", "--checkpoint", tmp_path / "spam", "--prompt", "Hi")
+    wrong = command("generate", "--checkpoint", tmp_path / "spam", "--prompt", "Hi")
     assert wrong.returncode == 1 and "llmbook classify" in wrong.stderr
 
 
@@ -434,7 +459,7 @@ class Judge(http.server.BaseHTTPRequestHandler):
 def test_finetune_on_instructions_then_evaluate_with_a_judge(tmp_path, run):
     entries = json.loads(data_file("instruction-data.json").read_text("utf-8"))
     (tmp_path / "tasks.json").write_text(json.dumps(entries[:40]), encoding="utf-8")
-    llmbook(
+    command(
         "finetune",
         "instruct",
         "--data",
@@ -460,7 +485,7 @@ def test_finetune_on_instructions_then_evaluate_with_a_judge(tmp_path, run):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_port}"
-        result = llmbook(
+        result = command(
             "evaluate",
             "--responses",
             tmp_path / "chat" / "test-responses.json",
