@@ -27,7 +27,7 @@ from llmbook.train import (
     latest_checkpoint,
     train_model,
 )
-from tiny import BYTES, story_loaders, tiny_config
+from tiny import BYTES, ctrl_c_at, story_loaders, tiny_config
 
 
 @dataclasses.dataclass
@@ -153,15 +153,7 @@ def run(setup: Setup, folder, resume=False, max_steps=None, interrupt_after=None
     settings = TrainingConfig(
         checkpoint_dir=folder, max_steps=max_steps, progress=False, **setup.settings
     )
-    batches = 0
-
-    def loss_fn(*batch):
-        nonlocal batches
-        batches += 1
-        if batches == interrupt_after:
-            raise KeyboardInterrupt  # as if Ctrl-C were pressed here
-        return setup.loss_fn(*batch)
-
+    loss_fn = ctrl_c_at(interrupt_after, setup.loss_fn)
     history = train_model(
         model, train, val, optimizer, "cpu", settings, resume=resume, loss_fn=loss_fn
     )

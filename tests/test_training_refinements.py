@@ -15,7 +15,7 @@ from llmbook.train import (
     lr_factor,
     train_model,
 )
-from tiny import story_loaders, tiny_config
+from tiny import ctrl_c_at, story_loaders, tiny_config
 
 # No dropout: evaluations draw from the global generator (a DataLoader's iterator
 # takes a seed from it), which the loop written by hand below does not repeat.
@@ -137,15 +137,7 @@ def refined_run(text, directory, interrupt_after=None, resume=False, **changes):
         progress=False,
         **{**REFINED, **changes},
     )
-    batches = 0
-
-    def loss_fn(*batch):
-        nonlocal batches
-        batches += 1
-        if batches == interrupt_after:
-            raise KeyboardInterrupt  # as if Ctrl-C were pressed here
-        return calc_loss_batch(*batch)
-
+    loss_fn = ctrl_c_at(interrupt_after)
     history = train_model(
         model, train, val, optimizer, "cpu", settings, resume=resume, loss_fn=loss_fn
     )

@@ -3,10 +3,12 @@ test, its 50,257-row embedding and output layer would be most of the test's time
 these tests read text byte by byte: 257 tokens, the 256 bytes and <|endoftext|>."""
 
 import dataclasses
+from collections.abc import Callable
 
 from llmbook.bpe import BPETokenizer
 from llmbook.data import create_dataloader
 from llmbook.model import GPTConfig
+from llmbook.train import calc_loss_batch
 
 BYTES = BPETokenizer(special_tokens={"<|endoftext|>": 256})  # the bytes, then EOT
 # GPTConfig's debug preset (2 blocks of width 32) over bytes, with a context of 16.
@@ -16,6 +18,21 @@ TINY = GPTConfig.preset("debug", context_length=16, vocab_size=BYTES.vocab_size)
 def tiny_config(**changes) -> GPTConfig:
     """TINY with `changes` (drop_rate=0.0, ...)."""
     return dataclasses.replace(TINY, **changes)
+
+
+def ctrl_c_at(batch: int | None, loss_fn: Callable = calc_loss_batch) -> Callable:
+    """`loss_fn` that raises KeyboardInterrupt, as Ctrl-C would, at its `batch`-th
+    call (None: never)."""
+    calls = 0
+
+    def loss(*args):
+        nonlocal calls
+        calls += 1
+        if calls == batch:
+            raise KeyboardInterrupt  # as if Ctrl-C were pressed here
+        return loss_fn(*args)
+
+    return loss
 
 
 def story_loaders(text: str, seed: int | None = 7, shuffle: bool = True):
