@@ -194,9 +194,11 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, v
 
 # `llmbook`, in a process of its own, that presses Ctrl-C itself (sends itself SIGINT)
 # as soon as its first checkpoint is on disk: the same interrupt at the same step in
-# every run, however fast the machine.
+# every run, however fast the machine. Ctrl-C is first made to work as in a terminal:
+# a test run started in the background ignores SIGINT, and its children inherit that.
 CTRL_C_AFTER_FIRST_CHECKPOINT = """
 import os, signal
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import llmbook.train
 from llmbook.cli import run
 
