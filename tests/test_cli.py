@@ -1,6 +1,6 @@
 """The `llmbook` command on tiny settings: through `main` in this process, and as a
-user runs it, in a process of its own, where that matters (signals, torchrun, exit
-codes, the installed script)."""
+user runs it, in a process of its own, where that matters (signals, exit codes, the
+installed script). Appendix A's cell runs `llmbook pretrain` under torchrun."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import http.server
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -58,7 +57,7 @@ def command(*args, cwd=None, env=None, check=None) -> subprocess.CompletedProces
     """`llmbook ARGS` run in this process, through the `main` that the console script
     calls, with what it prints captured: as `llmbook(...)` does, without the 3 s that
     a new process spends importing PyTorch and its compiler. (A real process is kept
-    for what needs one: signals, torchrun, the installed script and its exit codes.)"""
+    for what needs one: signals, the installed script and its exit codes.)"""
     argv = [str(arg) for arg in args]
     out, err = io.StringIO(), io.StringIO()
     with contextlib.ExitStack() as stack:
@@ -503,42 +502,3 @@ def test_finetune_on_instructions_then_evaluate_with_a_judge(tmp_path, run):
     assert "mean 70.0 of 100" in result.stdout
     scored = json.loads((tmp_path / "scored.json").read_text())
     assert [entry["judge_score"] for entry in scored] == [70, 70]
-
-
-@pytest.mark.skipif(
-    shutil.which("torchrun") is None
-    and not Path(sys.executable).with_name("torchrun").is_file(),
-    reason="needs torchrun",
-)
-def test_pretrain_runs_unchanged_under_torchrun(tmp_path, verdict):
-    torchrun = Path(sys.executable).with_name("torchrun")
-    launcher = str(torchrun) if torchrun.is_file() else "torchrun"
-    result = subprocess.run(
-        [
-            launcher,
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "llmbook",
-            "pretrain",
-            str(verdict),
-            "--out",
-            str(tmp_path / "ddp"),
-            *TINY,
-            "--context-length",
-            "32",
-            "--max-steps",
-            "4",
-            "--eval-freq",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.count("training a") == 1  # printed by process 0 only
-    assert (tmp_path / "ddp" / "model.safetensors").is_file()
-    history = json.loads((tmp_path / "ddp" / "history.json").read_text())
-    assert history["steps"] == [2, 4]

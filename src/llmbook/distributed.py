@@ -92,10 +92,14 @@ def teardown_distributed() -> None:
 
 @contextmanager
 def distributed(backend: str | None = None):
-    """`with distributed() as place:` sets up, and tears down even after an error."""
+    """`with distributed() as place:` sets up, and tears down even after an error.
+
+    At a normal end, every process waits for the others before the group closes, so
+    that none closes its connections while another still uses them."""
     place = setup_distributed(backend)
     try:
         yield place
+        barrier()
     finally:
         teardown_distributed()
 
