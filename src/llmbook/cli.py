@@ -368,7 +368,7 @@ def plot_losses(history, path: Path, title: str) -> None:
 def finish_training(model, history, out: Path, title: str, name: str, metadata: dict):
     """Save the model, its history and a plot of its losses in `out`."""
     save_model(model, out / name, metadata=metadata)
-    save_json(dataclasses.asdict(history), out / "history.json")
+    history.save(out / "history.json")
     if not history.steps:
         print0(f"saved {out / name} (no loss measured: fewer steps than --eval-freq)")
         return

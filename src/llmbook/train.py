@@ -146,8 +146,10 @@ class TrainingHistory:
             self.grad_norms.append(grad_norm)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the history to `path` as JSON; `TrainingHistory.load` reads it."""
-        atomic_write(path, lambda tmp: tmp.write_text(json.dumps(asdict(self))))
+        """Write the history to `path` as indented JSON; `TrainingHistory.load` reads
+        it. The file is whole or untouched, never half written."""
+        text = json.dumps(asdict(self), indent=2)
+        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TrainingHistory":
