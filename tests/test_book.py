@@ -284,6 +284,15 @@ def test_a_page_draws_its_figures_in_order_in_a_scratch_folder(tmp_path, monkeyp
     assert figures.draw_page_figures(FIGURE_PAGE, "page.md") == svgs
 
 
+def test_a_figure_that_needs_another_pages_file_says_how_to_draw_it(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(figures, "FIGURE_CACHE", tmp_path / "cache")
+    page = FIGURE_PAGE.split("!!! note")[1].replace("\n    ", "\n")  # block two only
+    with pytest.raises(FileNotFoundError, match="reads numbers.txt, which another"):
+        figures.draw_page_figures(page, "page.md")
+
+
 def test_a_figure_key_changes_with_its_code_and_earlier_figures():
     keys = [block.key for block in figures.page_figures(FIGURE_PAGE)]
     assert keys == [block.key for block in figures.page_figures(FIGURE_PAGE)]

@@ -172,6 +172,12 @@ def draw_page_figures(markdown: str, page: str) -> dict[str, bytes]:
             try:
                 fig = _draw(block.code, f"{page} (figure {block.path})")
                 drawn[block.path] = store_figure(block.path, block.key, fig)
+            except FileNotFoundError as missing:
+                raise FileNotFoundError(
+                    f"{page}: the code of {block.path} reads {missing.filename}, which "
+                    "another page writes; run both pages' snippets with pytest (in "
+                    "order), which draws the figure into the cache, then try again"
+                ) from missing
             finally:
                 for number in set(plt.get_fignums()) - before:
                     plt.close(number)
