@@ -32,17 +32,16 @@ def main() -> None:
         # The tests' byte-level model (tests/tiny.py) keeps the model, its gradients
         # and its checkpoints small: GPT-2's ids are not the point. 980 and 305
         # characters give 61 and 19 windows of 16 bytes.
-        tokens = BYTES
         model = GPTModel(tiny_config(drop_rate=args.drop)).to(device_for(place))
         train = distributed_loader(
             create_dataloader(
-                text[:980], args.batch_size, 16, 16, seed=5, tokenizer=tokens
+                text[:980], args.batch_size, 16, 16, seed=5, tokenizer=BYTES
             ),
             seed=5,
         )
         # Every process evaluates all of the validation text: the same in each.
         val = create_dataloader(
-            text[-305:], 2, 16, 16, shuffle=False, drop_last=False, tokenizer=tokens
+            text[-305:], 2, 16, 16, shuffle=False, drop_last=False, tokenizer=BYTES
         )
         optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.1)
         settings = TrainingConfig(
