@@ -428,10 +428,11 @@ def test_the_chapter_tables_agree_with_each_other_and_with_the_chapters():
             pytest.fail(f"the home page's table leaves out {chapter.name}")
 
 
-def fake_setup(tmp_path: Path, env: dict[str, str]):
+def fake_setup(tmp_path: Path, env: dict[str, str], uv_status: int | None = None):
     """Run `tools/book.sh test` in a copy of the repository whose .venv is a fake:
     its `python` logs its arguments and has no torch, its `ruff` and `mypy` do
-    nothing. Returns the finished process and the logged commands."""
+    nothing, and its `uv` (absent when `uv_status` is None) logs its arguments and
+    exits with `uv_status`. Returns the finished process and the logged commands."""
     import os
     import subprocess
 
@@ -452,6 +453,10 @@ def fake_setup(tmp_path: Path, env: dict[str, str]):
     )
     for tool in ["ruff", "mypy"]:
         (bin_ / tool).write_text("#!/bin/sh\n")
+    if uv_status is not None:
+        (bin_ / "uv").write_text(
+            f'#!/bin/sh\nprintf "uv %s\\n" "$*" >> "{log}"\nexit {uv_status}\n'
+        )
     for script in bin_.iterdir():
         script.chmod(0o755)
     done = subprocess.run(
@@ -485,6 +490,25 @@ def test_the_workflows_environment_installs_torch_from_its_index(tmp_path):
     assert (
         words[words.index("--index-url") + 1] == step["env"]["LLMBOOK_TORCH_INDEX_URL"]
     )
+
+
+@pytest.mark.parametrize(
+    "installer, uv_status, tools_by",
+    [("", 0, "uv"), ("", 1, "pip"), ("pip", 0, "pip")],
+    ids=["uv", "pip-when-uv-fails", "pip-when-asked"],
+)
+def test_uv_installs_the_tools_and_pip_takes_over_when_it_cannot(
+    tmp_path, installer, uv_status, tools_by
+):
+    env = {"LLMBOOK_INSTALLER": installer} if installer else {}
+    done, calls = fake_setup(tmp_path, env, uv_status=uv_status)
+    assert done.returncode == 0, done.stderr
+    by_uv = "uv pip install --quiet --python .venv/bin/python -e .[test]"
+    by_pip = "-m pip install --quiet -e .[test]"
+    assert "-m pip install --quiet torch" in calls  # PyTorch: always pip
+    assert (by_uv in calls) == (installer != "pip")
+    assert (by_pip in calls) == (tools_by == "pip")
+    assert ("pip does it instead" in done.stderr) == (uv_status != 0)
 
 
 def test_an_option_inside_the_torch_requirement_is_refused_before_pip(tmp_path):

@@ -14,6 +14,8 @@
 #   LLMBOOK_TORCH           the pip requirement for PyTorch (default: torch)
 #   LLMBOOK_TORCH_INDEX_URL the package index to take PyTorch from, for example
 #                           https://download.pytorch.org/whl/cpu for the CPU build
+#   LLMBOOK_INSTALLER       uv (default: uv installs everything but PyTorch, and
+#                           pip takes over if it fails) or pip (pip installs all)
 #   LLMBOOK_DATA_DIR        a folder holding the data files, for offline machines
 #   LLMBOOK_TEST_WORKERS    pytest processes (default: one per core; 1 runs the tests
 #                           in one process, in order)
@@ -43,6 +45,21 @@ install_torch() {
   .venv/bin/python -m pip install --quiet "${index[@]}" "${LLMBOOK_TORCH:-torch}"
 }
 
+install_book() {
+  # uv installs the hundred-odd packages of the book's tools in seconds where pip
+  # takes a minute, so it does the work where it can be had; pip takes over wherever
+  # uv cannot (no PyPI, a mirror that only pip is configured for). PyTorch itself
+  # comes from pip, above, which reads this machine's pip settings.
+  if [ "${LLMBOOK_INSTALLER:-uv}" = uv ]; then
+    if { [ -x .venv/bin/uv ] || .venv/bin/python -m pip install --quiet "uv>=0.4"; } \
+        && .venv/bin/uv pip install --quiet --python .venv/bin/python -e ".[test]"; then
+      return 0
+    fi
+    echo "warning: uv could not install the tools; pip does it instead" >&2
+  fi
+  .venv/bin/python -m pip install --quiet -e ".[test]"
+}
+
 setup() {
   if [ ! -x .venv/bin/python ]; then
     echo "== creating .venv"
@@ -53,7 +70,7 @@ setup() {
     install_torch
   fi
   echo "== installing llmbook and the tools of the book"
-  .venv/bin/python -m pip install --quiet -e ".[test]"
+  install_book
   if [ ! -f the-verdict.txt ]; then
     echo "== fetching the-verdict.txt"
     .venv/bin/python -c 'import shutil; from llmbook.data import data_file
