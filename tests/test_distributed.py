@@ -3,6 +3,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from ddp_worker import train_run
 from llmbook.data import create_dataloader
 from llmbook.distributed import (
     ProcessPlace,
+    distributed,
     distributed_loader,
     mean_over_processes,
     setup_distributed,
@@ -77,49 +80,59 @@ def test_the_loader_of_one_process_keeps_everything_but_the_order(verdict):
     )
 
 
-def launch(out: Path, processes: int, *args: str) -> dict:
-    """Run the worker on `processes` processes; return process 0's history."""
-    if processes == 1:
-        launcher = [sys.executable]
-    else:
-        launcher = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={processes}",
-        ]
+def launch(*runs: dict) -> None:
+    """Run the worker's `runs` one after another in one torchrun launch of two
+    processes (each process start costs seconds)."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     env = {k: v for k, v in os.environ.items() if k not in FULL}
     done = subprocess.run(
-        [*launcher, str(WORKER), str(out), *args],
+        [*launcher, "--nproc_per_node=2", str(WORKER), json.dumps(runs)],
         capture_output=True,
         text=True,
         env=env,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def alone(out: Path, **run) -> dict:
+    """The worker's run in this process, as one process without torchrun."""
+    with distributed() as place:
+        assert place.world_size == 1
+        train_run(place, out, **run)
+    return history_of(out)
+
+
+def history_of(out: Path) -> dict:
     return json.loads((out / "history.json").read_text())
 
 
 @pytest.fixture(scope="module")
-def two_processes(tmp_path_factory):
-    """2 processes with batches of 2 and 2 batches a step: a global step of 8."""
+def launched(tmp_path_factory) -> Path:
+    """One launch of two processes for the three tests below: `global` with batches
+    of 2 and 2 batches a step (a global step of 8); `straight` with dropout; and
+    `stopped`, the same as `straight` but interrupted after 11 batches."""
     out = tmp_path_factory.mktemp("ddp")
-    return out, launch(out, 2, "--batch-size", "2", "--accum", "2")
+    dropout = {"batch_size": 2, "drop": 0.2}
+    launch(
+        {"out": str(out / "global"), "batch_size": 2, "accum": 2},
+        {"out": str(out / "straight"), **dropout},
+        {"out": str(out / "stopped"), **dropout, "interrupt_after": 11},
+    )
+    return out
 
 
-def test_two_processes_take_the_steps_of_one_with_the_global_batch(
-    tmp_path, two_processes
-):
-    out, history = two_processes
-    alone = launch(tmp_path, 1, "--batch-size", "4", "--accum", "2")
-    assert history["steps"] == alone["steps"] and history["steps"]
+def test_two_processes_take_the_steps_of_one_with_the_global_batch(tmp_path, launched):
+    out = launched / "global"
+    history = history_of(out)
+    one = alone(tmp_path, batch_size=4, accum=2)
+    assert history["steps"] == one["steps"] and history["steps"]
     for key in ["train_losses", "val_losses", "learning_rates", "grad_norms"]:
-        assert history[key] == pytest.approx(alone[key], rel=1e-4, abs=1e-6), key
-    two = load_model(out / "model.safetensors").state_dict()
-    one = load_model(tmp_path / "model.safetensors").state_dict()
-    for name, tensor in two.items():
-        torch.testing.assert_close(tensor, one[name], atol=2e-6, rtol=1e-4)
+        assert history[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), key
+    two_weights = load_model(out / "model.safetensors").state_dict()
+    one_weights = load_model(tmp_path / "model.safetensors").state_dict()
+    for name, tensor in two_weights.items():
+        torch.testing.assert_close(tensor, one_weights[name], atol=2e-6, rtol=1e-4)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
         "latest",
         "step-00000014",
@@ -127,29 +140,21 @@ def test_two_processes_take_the_steps_of_one_with_the_global_batch(
     ]  # one set of checkpoints, written by process 0 only
 
 
-def test_an_interrupted_two_process_run_with_dropout_resumes_exactly(tmp_path):
-    settings = ["--batch-size", "2", "--drop", "0.2"]
-    straight = launch(tmp_path / "a", 2, *settings)
-    with pytest.raises(AssertionError, match="KeyboardInterrupt"):
-        launch(tmp_path / "b", 2, *settings, "--interrupt-after", "11")
-    last = latest_checkpoint(tmp_path / "b" / "checkpoints")
+def test_an_interrupted_two_process_run_with_dropout_resumes_exactly(launched):
+    stopped = launched / "stopped"
+    assert (stopped / "interrupted").exists()  # KeyboardInterrupt, in both processes
+    assert not (stopped / "model.safetensors").exists()
+    last = latest_checkpoint(stopped / "checkpoints")
     assert str(last).endswith("step-00000004")
-    resumed = launch(tmp_path / "b", 2, *settings, "--resume")
-    assert resumed == straight
-    a = load_model(tmp_path / "a" / "model.safetensors").state_dict()
-    b = load_model(tmp_path / "b" / "model.safetensors").state_dict()
+    launch({"out": str(stopped), "batch_size": 2, "drop": 0.2, "resume": True})
+    assert history_of(stopped) == history_of(launched / "straight")
+    a = load_model(launched / "straight" / "model.safetensors").state_dict()
+    b = load_model(stopped / "model.safetensors").state_dict()
     assert all(torch.equal(a[name], b[name]) for name in a)
 
 
-def test_a_checkpoint_of_two_processes_is_not_resumed_by_one(tmp_path, two_processes):
-    out, _ = two_processes
+def test_a_checkpoint_of_two_processes_is_not_resumed_by_one(tmp_path, launched):
     copy = tmp_path / "copy"
-    subprocess.run(["cp", "-r", str(out), str(copy)], check=True)
-    done = subprocess.run(
-        [sys.executable, str(WORKER), str(copy), "--batch-size", "4", "--resume"],
-        capture_output=True,
-        text=True,
-        env={k: v for k, v in os.environ.items() if k not in FULL},
-    )
-    assert done.returncode != 0
-    assert "written by a run of 2 process(es), and this one has 1" in done.stderr
+    shutil.copytree(launched / "global", copy)
+    with pytest.raises(ValueError, match="written by a run of 2 process.es., and this"):
+        alone(copy, batch_size=4, resume=True)
