@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from llmbook.checkpoint import save_model
 from llmbook.data import create_dataloader, data_file
 from llmbook.distributed import (
     ProcessPlace,
@@ -24,7 +25,7 @@ from llmbook.distributed import (
     distributed_loader,
 )
 from llmbook.model import GPTModel
-from llmbook.train import TrainingConfig, calc_loss_batch, save_model, train_model
+from llmbook.train import TrainingConfig, calc_loss_batch, train_model
 from tiny import BYTES, tiny_config
 
 

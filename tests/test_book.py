@@ -1,6 +1,7 @@
 """The book as a whole: snippet conventions, the MkDocs hooks, the strict site build."""
 
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -300,6 +301,33 @@ def test_a_figure_key_changes_with_its_code_and_earlier_figures():
     changed = [block.key for block in figures.page_figures(first)]
     assert changed[0] != keys[0] and changed[1] != keys[1]  # the second depends on it
     assert len(set(keys)) == 2
+
+
+def test_comments_and_docstrings_leave_every_figure_key(tmp_path, monkeypatch):
+    """Explaining code draws nothing: a comment or a docstring, in a figure's block
+    or in any library module, keeps every figure current."""
+    pages = {
+        p.name: p.read_text(encoding="utf-8") for p in (ROOT / "docs").glob("*.md")
+    }
+    keys = {n: [b.key for b in figures.page_figures(t)] for n, t in pages.items()}
+    assert sum(map(len, keys.values())) >= 15
+    library = tmp_path / "llmbook"
+    shutil.copytree(figures.LIBRARY, library)
+    for module in library.glob("*.py"):
+        source = module.read_text(encoding="utf-8")
+        source = source.replace('"""', '"""Reworded. ', 1)  # the module's docstring
+        module.write_text(f"# a new comment\n{source}\n# and one more\n")
+    monkeypatch.setattr(figures, "LIBRARY", library)
+    for name, text in pages.items():
+        text = text.replace(
+            "fig, ax = plt.subplots(", "# drawn here\nfig, ax = plt.subplots("
+        )
+        assert [b.key for b in figures.page_figures(text)] == keys[name], name
+    (library / "model.py").write_text(
+        (library / "model.py").read_text(encoding="utf-8") + "\nNEW = 1\n"
+    )
+    changed = [b.key for b in figures.page_figures(pages["07-pretraining.md"])]
+    assert all(a != b for a, b in zip(changed, keys["07-pretraining.md"], strict=True))
 
 
 def test_the_snippet_run_caches_the_figure_the_site_shows(pytester, monkeypatch):

@@ -6,6 +6,7 @@ import itertools
 import pytest
 import torch
 
+from llmbook.checkpoint import load_model, save_model
 from llmbook.classify import (
     ClassificationDataset,
     add_classification_head,
@@ -21,13 +22,7 @@ from llmbook.classify import (
     save_classifier,
 )
 from llmbook.model import GPTConfig, GPTModel
-from llmbook.train import (
-    TrainingConfig,
-    calc_loss_loader,
-    load_model,
-    save_model,
-    train_model,
-)
+from llmbook.train import TrainingConfig, calc_loss_loader, train_model
 
 CFG = GPTConfig.preset("debug", context_length=32)
 PAD = 50256

@@ -18,6 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from llmbook.checkpoint import load_model
 from llmbook.cli import (
     CommandError,
     TokenPrinter,
@@ -28,7 +29,6 @@ from llmbook.cli import (
 )
 from llmbook.data import data_file
 from llmbook.generate import generate
-from llmbook.train import load_model
 
 SCRIPT = Path(sys.executable).with_name("llmbook")  # the installed console script
 COMMAND = [str(SCRIPT)] if SCRIPT.is_file() else [sys.executable, "-m", "llmbook"]

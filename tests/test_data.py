@@ -142,54 +142,6 @@ def test_offline_with_a_corrupt_cached_copy_says_it_is_corrupt(isolated):
         data_file("tiny.txt")
 
 
-def test_atomic_write_replaces_whole_files_and_cleans_up(tmp_path):
-    target = tmp_path / "out.bin"
-    data.atomic_write(target, lambda tmp: tmp.write_bytes(b"first"))
-    umask = os.umask(0)
-    os.umask(umask)
-    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0o600
-    with pytest.raises(RuntimeError, match="disk full"):
-
-        def fail(tmp):
-            tmp.write_bytes(b"half")
-            raise RuntimeError("disk full")
-
-        data.atomic_write(target, fail)
-    assert target.read_bytes() == b"first"  # the old file is intact
-    assert leftovers(tmp_path) == ["out.bin"]  # and no temporary file is left
-
-
-def test_atomic_write_names_the_problem_with_a_path(tmp_path, monkeypatch):
-    def write(tmp):
-        tmp.write_bytes(b"x")
-
-    with pytest.raises(IsADirectoryError, match="it is a folder"):
-        data.atomic_write(tmp_path, write)
-    with pytest.raises(FileNotFoundError, match="the folder .*nowhere does not exist"):
-        data.atomic_write(tmp_path / "nowhere" / "f.bin", write)
-
-    def refuse(*args, **kwargs):
-        raise PermissionError(13, "Permission denied")
-
-    monkeypatch.setattr(data.os, "open", refuse)
-    with pytest.raises(PermissionError, match="no permission to create files in"):
-        data.atomic_write(tmp_path / "f.bin", write)
-
-
-@pytest.mark.skipif(
-    os.name != "posix" or os.geteuid() == 0, reason="root writes anywhere"
-)
-def test_atomic_write_in_a_read_only_folder(tmp_path):
-    folder = tmp_path / "ro"
-    folder.mkdir()
-    folder.chmod(0o500)
-    try:
-        with pytest.raises(PermissionError, match="no permission"):
-            data.atomic_write(folder / "f.bin", lambda tmp: tmp.write_bytes(b"x"))
-    finally:
-        folder.chmod(0o700)
-
-
 def test_member_of_a_zip_archive(isolated, monkeypatch):
     archive = isolated / "origin" / "bundle.zip"
     buffer = io.BytesIO()

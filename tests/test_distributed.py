@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from ddp_worker import train_run
+from llmbook.checkpoint import latest_checkpoint, load_model
 from llmbook.data import create_dataloader
 from llmbook.distributed import (
     ProcessPlace,
@@ -22,7 +23,6 @@ from llmbook.distributed import (
     torchrun_place,
     world_size,
 )
-from llmbook.train import latest_checkpoint, load_model
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 FULL = {

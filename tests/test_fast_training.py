@@ -7,14 +7,13 @@ import dataclasses
 import pytest
 import torch
 
+from llmbook.checkpoint import latest_checkpoint, load_model
 from llmbook.data import create_dataloader
 from llmbook.model import GPTConfig, GPTModel
 from llmbook.train import (
     TrainingConfig,
     configure_optimizer,
     flops_per_token,
-    latest_checkpoint,
-    load_model,
     train_model,
 )
 from tiny import BYTES, tiny_config

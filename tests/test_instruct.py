@@ -24,7 +24,6 @@ from llmbook.instruct import (
     number_in_words,
     parse_score,
     rouge_l,
-    save_json,
     score_responses,
     skill_entry,
     skill_splits,
@@ -178,16 +177,6 @@ def test_responses_stop_at_end_of_text_and_are_extracted():
     long = {**ENTRY, "input": "word " * 200}
     with pytest.raises(ValueError, match="entry 0: its prompt has .* context of 128"):
         generate_responses(model, [long])
-
-
-def test_save_json_is_atomic_and_round_trips(tmp_path, monkeypatch):
-    path = tmp_path / "out.json"
-    save_json([{"a": "é"}], path)
-    assert json.loads(path.read_text(encoding="utf-8")) == [{"a": "é"}]
-    with pytest.raises(TypeError):
-        save_json([{"a": object()}], path)  # cannot be written as JSON
-    assert json.loads(path.read_text(encoding="utf-8")) == [{"a": "é"}]
-    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
 def test_rouge_l_is_one_for_a_copy_and_lower_for_less():

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 
+from llmbook.checkpoint import latest_checkpoint
 from llmbook.classify import (
     add_classification_head,
     calc_classification_loss,
@@ -21,12 +22,7 @@ from llmbook.classify import (
 )
 from llmbook.data import create_dataloader
 from llmbook.model import GPTConfig, GPTModel
-from llmbook.train import (
-    TrainingConfig,
-    calc_loss_batch,
-    latest_checkpoint,
-    train_model,
-)
+from llmbook.train import TrainingConfig, calc_loss_batch, train_model
 from tiny import BYTES, ctrl_c_at, story_loaders, tiny_config
 
 

@@ -7,6 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from llmbook.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_model,
+    load_weights,
+    save_checkpoint,
+    save_model,
+)
 from llmbook.data import create_dataloader
 from llmbook.model import GPTConfig, GPTModel
 from llmbook.train import (
@@ -14,12 +22,6 @@ from llmbook.train import (
     TrainingHistory,
     calc_loss_batch,
     calc_loss_loader,
-    latest_checkpoint,
-    load_checkpoint,
-    load_model,
-    load_weights,
-    save_checkpoint,
-    save_model,
     text_loss,
     train_model,
 )
@@ -309,7 +311,7 @@ def test_what_sample_returns_is_saved_as_plain_json_or_refused(tmp_path, text):
 
 
 def test_failed_saves_leave_no_temporary_files(tmp_path, monkeypatch):
-    import llmbook.train as train
+    import llmbook.checkpoint as checkpoint
 
     model = GPTModel(CFG)
     optimizer = torch.optim.AdamW(model.parameters())
@@ -318,11 +320,11 @@ def test_failed_saves_leave_no_temporary_files(tmp_path, monkeypatch):
         Path(path).write_bytes(b"partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(train.torch, "save", full_disk)
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
     with pytest.raises(OSError, match="No space left"):
         save_checkpoint(tmp_path, model, optimizer, {"step": 1})
     assert folders(tmp_path) == []
-    monkeypatch.setattr(train, "save_file", full_disk)
+    monkeypatch.setattr(checkpoint, "save_file", full_disk)
     with pytest.raises(OSError, match="No space left"):
         save_model(model, tmp_path / "m.safetensors")
     assert folders(tmp_path) == []
@@ -426,9 +428,9 @@ def test_a_failed_save_leaves_the_old_file_and_nothing_else(tmp_path, monkeypatc
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    import llmbook.train
+    import llmbook.checkpoint
 
-    monkeypatch.setattr(llmbook.train, "save_file", full_disk)
+    monkeypatch.setattr(llmbook.checkpoint, "save_file", full_disk)
     with pytest.raises(OSError, match="No space left"):
         save_model(GPTModel(CFG), path)
     assert path.read_bytes() == before

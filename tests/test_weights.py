@@ -284,7 +284,7 @@ def test_a_truncated_gpt2_file_is_named(tmp_path, name):
 
 @pytest.mark.parametrize("tie", [True, False])
 def test_every_file_save_model_writes_loads_as_gpt2_weights(tmp_path, tie):
-    from llmbook.train import save_model
+    from llmbook.checkpoint import save_model
 
     cfg = GPTConfig.preset("debug", context_length=16, drop_rate=0.0, tie_weights=tie)
     torch.manual_seed(0)

@@ -3,7 +3,8 @@
 A ```python fence under `<!--figure: figures/NAME.svg-->` draws `docs/figures/NAME.svg`:
 the matplotlib figure that the block leaves in the variable `fig`. Like src/, the
 drawn files are committed, each stamped with a key over the code that drew it (and
-the sources of the library modules that code uses), so building the site runs
+the sources of the library modules that code uses, less the comments and docstrings,
+which draw nothing), so building the site runs
 no figure code: a fresh clone builds in seconds although the training plots of
 chapters 7-9 take minutes to draw.
 
@@ -21,6 +22,7 @@ that an earlier one wrote (a trained model, say) and nothing lands in the reposi
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import hashlib
 import io
@@ -70,7 +72,7 @@ def page_figures(markdown: str) -> list[FigureBlock]:
             for line in match["code"].split("\n")
         )
         modules |= set(USES.findall(code))
-        digest.update(f"\0{match['path']}\0{code}".encode())
+        digest.update(f"\0{match['path']}\0{code_shape(code)}".encode())
         key = digest.copy()
         if modules:
             key.update(_library_fingerprint(modules).encode())
@@ -95,8 +97,34 @@ def _library_fingerprint(modules: set[str]) -> str:
         todo += USES.findall(path.read_text(encoding="utf-8"))
     digest = hashlib.sha256()
     for name in sorted(seen):
-        digest.update(name.encode() + b"\0" + (LIBRARY / f"{name}.py").read_bytes())
+        source = (LIBRARY / f"{name}.py").read_text(encoding="utf-8")
+        digest.update(f"{name}\0{code_shape(source)}".encode())
     return digest.hexdigest()
+
+
+DOCUMENTED = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+def code_shape(source: str) -> str:
+    """What `source` does, without what only explains it: its syntax tree with the
+    docstrings left out. Comments, blank lines and formatting are not in the tree,
+    so editing them changes no figure's key. Code that does not parse counts as it
+    is written."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return source
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(node, DOCUMENTED) and body:
+            first = body[0]
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
+                node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, annotate_fields=False)
 
 
 # --- the cache that the snippet tests fill ----------------------------------------

@@ -22,7 +22,7 @@ from typing import Self
 import regex  # like `re`, but knows Unicode classes (\p{L}) and possessive `++`
 import tiktoken
 
-from llmbook.data import atomic_write
+from llmbook.files import atomic_write
 from llmbook.tokenizer import gpt2_tokenizer
 
 # GPT-2's pre-tokenizer: a contraction, or letters, digits or other symbols with at

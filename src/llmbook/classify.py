@@ -13,10 +13,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from llmbook.checkpoint import load_weights, open_safetensors, save_model
 from llmbook.data import check_sizes, check_token_ids, data_file
-from llmbook.model import GPTConfig, GPTModel
+from llmbook.model import GPTConfig, GPTModel, eval_mode
 from llmbook.tokenizer import gpt2_tokenizer
-from llmbook.train import load_weights, open_safetensors, save_model
 
 SPAM_LABELS = {"ham": 0, "spam": 1}
 
@@ -281,18 +281,16 @@ def calc_accuracy_loader(
     `loader` (default: all), computed with dropout off."""
     if len(loader) == 0:
         raise ValueError("the data loader has no batches to evaluate")
-    was_training = model.training
-    model.eval()
     correct = total = 0
-    for i, (input_batch, target_batch) in enumerate(loader):
-        if i == num_batches:
-            break
-        logits = classification_logits(
-            model, input_batch.to(device), pad_token_id, token
-        )  # (B, num_classes)
-        correct += (logits.argmax(dim=-1) == target_batch.to(device)).sum().item()
-        total += len(target_batch)
-    model.train(was_training)
+    with eval_mode(model):  # chapter 6's
+        for i, (input_batch, target_batch) in enumerate(loader):
+            if i == num_batches:
+                break
+            logits = classification_logits(
+                model, input_batch.to(device), pad_token_id, token
+            )  # (B, num_classes)
+            correct += (logits.argmax(dim=-1) == target_batch.to(device)).sum().item()
+            total += len(target_batch)
     return correct / total
 
 
@@ -330,10 +328,8 @@ def classify(
         )
     device = next(model.parameters()).device
     input_ids = torch.tensor([ids[:max_length]], device=device)  # (1, T)
-    was_training = model.training
-    model.eval()
-    logits = classification_logits(model, input_ids, pad_token_id)  # (1, classes)
-    model.train(was_training)
+    with eval_mode(model):
+        logits = classification_logits(model, input_ids, pad_token_id)  # (1, classes)
     probability, label = torch.softmax(logits[0], dim=-1).max(dim=-1)
     return int(label), float(probability)
 

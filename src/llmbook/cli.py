@@ -27,6 +27,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from llmbook.bpe import BPETokenizer
+from llmbook.checkpoint import (
+    latest_checkpoint,
+    load_model,
+    open_safetensors,
+    save_model,
+)
 from llmbook.classify import (
     ClassificationDataset,
     add_classification_head,
@@ -37,28 +43,20 @@ from llmbook.classify import (
     load_classifier,
     split_examples,
 )
-from llmbook.data import atomic_write, create_dataloader, encode_text
+from llmbook.data import create_dataloader, encode_text
 from llmbook.distributed import device_for, distributed, distributed_loader, print0
+from llmbook.files import atomic_write, save_json
 from llmbook.generate import generate
 from llmbook.instruct import (
     check_entries,
     create_instruction_loaders,
     generate_responses,
     rouge_l,
-    save_json,
     score_responses,
 )
 from llmbook.model import PRESETS, GPTConfig, GPTModel
 from llmbook.tokenizer import gpt2_tokenizer
-from llmbook.train import (
-    TrainingConfig,
-    configure_optimizer,
-    latest_checkpoint,
-    load_model,
-    open_safetensors,
-    save_model,
-    train_model,
-)
+from llmbook.train import TrainingConfig, configure_optimizer, train_model
 from llmbook.weights import (
     GPT2_CHECKPOINTS,
     config_from_hf,

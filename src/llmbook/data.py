@@ -14,15 +14,14 @@ import numbers
 import os
 import urllib.error
 import urllib.request
-import uuid
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from llmbook.files import atomic_write, file_sha256
 from llmbook.tokenizer import gpt2_tokenizer
 
 
@@ -66,14 +65,6 @@ def cache_dir() -> Path:
     return Path(base) / "llmbook"
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _verified(path: Path, name: str, source: DataSource) -> Path:
     actual = file_sha256(path)
     if actual != source.sha256:
@@ -82,36 +73,6 @@ def _verified(path: Path, name: str, source: DataSource) -> Path:
             f"{source.sha256}, got {actual}. The file is corrupt or a different "
             f"version; delete it, or replace it with a fresh copy from {source.url}"
         )
-    return path
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
-    """Create or replace the file `path` so that readers see the old file or the
-    whole new one, never part of one: `write(tmp)` fills a temporary file beside
-    `path`, which is synced to disk and then renamed. A failed write leaves nothing
-    behind, and a path that cannot be written says why."""
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(f"cannot write {path}: it is a folder, not a file name")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(
-            f"cannot write {path}: the folder {path.parent} does not exist"
-        )
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:  # mode 0o666 less the umask, like any new file (mkstemp would give 0o600)
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    except PermissionError as exc:
-        raise PermissionError(
-            f"cannot write {path}: no permission to create files in {path.parent}"
-        ) from exc
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())  # the bytes are on disk before the name is
-        os.replace(tmp, path)  # atomic on POSIX and Windows
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -11,13 +11,13 @@ import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from llmbook.data import atomic_write, data_file
+from llmbook.data import data_file
 from llmbook.generate import generate
+from llmbook.model import eval_mode
 from llmbook.tokenizer import gpt2_tokenizer
 
 PREAMBLE = (
@@ -199,35 +199,27 @@ def generate_responses(
     if tokenizer is None:
         tokenizer = gpt2_tokenizer()
     context = model.cfg.context_length
-    was_training = model.training
-    model.eval()
     answered = []
-    for i, entry in enumerate(check_entries(entries)):
-        prompt = format_input(entry)
-        ids = tokenizer.encode(prompt + RESPONSE_HEADER, disallowed_special=())
-        if len(ids) >= context:
-            raise ValueError(
-                f"entry {i}: its prompt has {len(ids)} tokens, which leaves no room "
-                f"for an answer in the model's context of {context}"
-            )
-        out = generate(
-            model,
-            torch.tensor([ids], device=device),
-            max_new_tokens,
-            context,
-            eos_id=eos_id,
-        )  # (1, len(ids) + new tokens)
-        generated = tokenizer.decode(out[0].tolist())
-        response = extract_response(generated, prompt)
-        answered.append({**entry, "model_response": response})
-    model.train(was_training)
+    with eval_mode(model):
+        for i, entry in enumerate(check_entries(entries)):
+            prompt = format_input(entry)
+            ids = tokenizer.encode(prompt + RESPONSE_HEADER, disallowed_special=())
+            if len(ids) >= context:
+                raise ValueError(
+                    f"entry {i}: its prompt has {len(ids)} tokens, which leaves no "
+                    f"room for an answer in the model's context of {context}"
+                )
+            out = generate(
+                model,
+                torch.tensor([ids], device=device),
+                max_new_tokens,
+                context,
+                eos_id=eos_id,
+            )  # (1, len(ids) + new tokens)
+            generated = tokenizer.decode(out[0].tolist())
+            response = extract_response(generated, prompt)
+            answered.append({**entry, "model_response": response})
     return answered
-
-
-def save_json(data, path) -> Path:
-    """Write `data` as indented JSON, atomically: the file is whole, or untouched."""
-    text = json.dumps(data, indent=2, ensure_ascii=False)  # fails before any write
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def rouge_l(entries, key: str = "model_response") -> float:

@@ -8,6 +8,8 @@
 import dataclasses
 import math
 import numbers
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -220,6 +222,26 @@ class GPTModel(nn.Module):
             x = block(x, None if cache is None else cache.layers[i])  # (B, T, emb_dim)
         x = self.final_norm(x)
         return self.out_head(x)  # (B, T, vocab_size)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """`with eval_mode(model):` dropout off inside, and the model's earlier mode
+    back afterwards, also after an error.
+
+    >>> model = nn.Dropout(0.5)
+    >>> with eval_mode(model):
+    ...     model.training
+    False
+    >>> model.training
+    True
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 class KVCache:

@@ -4,14 +4,14 @@
 #   docs/appendix-d-training-loop.md
 # Do not edit it: edit those chapters, then run `python tools/tangle.py`.
 
-"""Training: the loss, a training loop, checkpoints that resume exactly (chapter 7)."""
+"""Training: the loss, and a training loop that resumes exactly from checkpoints
+(chapter 7)."""
 
 import hashlib
 import json
 import math
 import os
 import shutil
-import tempfile
 import typing
 import warnings
 from collections.abc import Callable
@@ -19,13 +19,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch.nn.utils import clip_grad_norm_
 from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
-from llmbook.data import atomic_write, check_token_ids, file_sha256
+from llmbook.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    remove_checkpoints,
+    save_checkpoint,
+)
+from llmbook.data import check_token_ids
 from llmbook.distributed import (
     barrier,
     gather_objects,
@@ -35,7 +39,8 @@ from llmbook.distributed import (
     world_size,
     wrap_model,
 )
-from llmbook.model import GPTConfig, GPTModel
+from llmbook.files import save_json
+from llmbook.model import GPTModel, eval_mode
 
 
 def calc_loss_batch(input_batch, target_batch, model, device) -> torch.Tensor:
@@ -148,8 +153,7 @@ class TrainingHistory:
     def save(self, path: str | os.PathLike) -> None:
         """Write the history to `path` as indented JSON; `TrainingHistory.load` reads
         it. The file is whole or untouched, never half written."""
-        text = json.dumps(asdict(self), indent=2)
-        atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        save_json(asdict(self), path)  # chapter 2's
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TrainingHistory":
@@ -166,12 +170,9 @@ def evaluate(model, train_loader, val_loader, device, eval_iter, loss_fn=None):
     `loss_fn` is as in `calc_loss_loader` (default: next-token cross-entropy).
     """
     loss_fn = loss_fn or calc_loss_batch
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():  # chapter 6's
         train_loss = calc_loss_loader(train_loader, model, device, eval_iter, loss_fn)
         val_loss = calc_loss_loader(val_loader, model, device, eval_iter, loss_fn)
-    model.train(was_training)
     return train_loss, val_loss
 
 
@@ -221,6 +222,33 @@ class _Position:
     tokens_seen: int = 0
 
 
+@dataclass
+class _Run:
+    """What a run carries from batch to batch: its position and history (which
+    checkpoints keep), its schedule, and the state of the step under way."""
+
+    config: TrainingConfig
+    at: _Position
+    history: TrainingHistory
+    total: int  # the step the run ends with
+    schedule: "LearningRateSchedule | None"  # appendix D; None: the lr stays
+    saved_rng: dict | None  # a checkpoint's random states, until the epoch uses them
+    epoch_rng: dict | None = None  # the random states at this epoch's start
+    pending: int = 0  # batches whose gradients the next optimizer step adds up
+    group: int = 1  # batches the step under way takes
+    grad_norm: torch.Tensor | None = None  # the last step's, before clipping
+    diverged: torch.Tensor = field(  # the first step whose loss was not finite
+        default_factory=lambda: torch.zeros((), dtype=torch.long)  # 0: none yet
+    )
+
+    def begin_step(self, optimizer, batches_per_epoch: int) -> None:
+        """Clear the gradients and count the batches this step takes: the
+        accumulation's number (appendix C), or fewer at the end of an epoch."""
+        optimizer.zero_grad()
+        left = batches_per_epoch - self.at.batch_in_epoch
+        self.group = min(self.config.grad_accum_steps, left)
+
+
 def train_model(
     model,
     train_loader,
@@ -236,90 +264,64 @@ def train_model(
 
     `loss_fn(input_batch, target_batch, model, device)` gives a batch's loss
     (default: next-token cross-entropy). `sample(model)`, if given, is called in
-    eval mode after every epoch and what it returns (a text, an accuracy) is kept
-    in the history. With `resume=True` and checkpoints in
-    `config.checkpoint_dir`, training continues from the latest one and ends with
-    exactly the weights an uninterrupted run has (same device, same data).
+    eval mode after every epoch; what it returns is kept in the history. With
+    `resume=True`, training goes on from the latest checkpoint in
+    `config.checkpoint_dir` and ends with the weights of an uninterrupted run.
     """
     config = config or TrainingConfig()
     loss_fn = loss_fn or calc_loss_batch
-    if len(train_loader) == 0:
-        raise ValueError("the training loader has no batches: nothing to train on")
-    history, at, saved = _start_run(config, model, optimizer, train_loader, resume)
-    saved_rng = _own_rng_states(saved)  # this process's (appendix A)
-    accum, batches_per_epoch = config.grad_accum_steps, len(train_loader)
-    total = _last_step(config, at, batches_per_epoch)
-    schedule = schedule_for(config, optimizer, total, saved)  # appendix D; None: off
+    run = _start_run(config, model, optimizer, train_loader, resume)
+    at, loaders = run.at, (train_loader, val_loader)
     report = config.progress and is_main_process()  # one bar, however many processes
-    bar = tqdm(total=total, initial=at.step, disable=not report, unit="step")
-    diverged = torch.zeros((), dtype=torch.long)  # first non-finite step; 0: none
+    bar = tqdm(total=run.total, initial=at.step, disable=not report, unit="step")
     ddp = wrap_model(model, device) if world_size() > 1 else None  # appendix A
-    forward_model = ddp or model
-    if config.compile:
-        forward_model = compile_model(forward_model, device)
+    wrapped = ddp or model
+    forward_model = compile_model(wrapped, device) if config.compile else wrapped
     device_type = torch.device(device).type
-    grad_norm = None  # the last step's, before clipping
-    pending = 0  # batches whose gradients the next optimizer step will add up
     model.train()
-    while at.epoch < config.num_epochs and at.step < total:
-        batches, epoch_rng = _epoch_batches(train_loader, at, saved_rng)
-        saved_rng = None
-        for input_batch, target_batch in batches:
-            if pending == 0:  # the first batch of a step
-                optimizer.zero_grad()
-                group = min(accum, batches_per_epoch - at.batch_in_epoch)
-            if ddp is not None:  # processes exchange gradients after a step's last
-                ddp.require_backward_grad_sync = pending + 1 == group  # batch only
+    while at.epoch < config.num_epochs and at.step < run.total:
+        for input_batch, target_batch in _epoch_batches(train_loader, run):
+            if run.pending == 0:  # the first batch of a step
+                run.begin_step(optimizer, len(train_loader))
+            if ddp is not None:  # gradients are exchanged at a step's last batch
+                ddp.require_backward_grad_sync = run.pending + 1 == run.group
             with torch.autocast(device_type, torch.bfloat16, enabled=config.bf16):
                 loss = loss_fn(input_batch, target_batch, forward_model, device)
-            (loss / group).backward()  # the step's gradient: the mean over its batches
-            pending, at.batch_in_epoch = pending + 1, at.batch_in_epoch + 1
+            (loss / run.group).backward()  # the step's gradient: its batches' mean
+            run.pending, at.batch_in_epoch = run.pending + 1, at.batch_in_epoch + 1
             at.tokens_seen += input_batch.numel()
-            diverged = _first_bad_step(diverged, loss, at.step + 1)
-            if pending < group:
+            run.diverged = _first_bad_step(run.diverged, loss, at.step + 1)
+            if run.pending < run.group:
                 continue  # more batches to add to this step's gradient
-            pending = 0
-            if config.max_grad_norm is not None:  # appendix D
-                grad_norm = clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            if schedule is not None:
-                schedule.apply(optimizer, at.step)
-            optimizer.step()
-            at.step += 1
+            _take_step(run, model, optimizer)
             bar.update(1)
             if at.step % config.eval_freq == 0:
-                check_finite(diverged, config.checkpoint_dir)
-                losses = evaluate(
-                    model, train_loader, val_loader, device, config.eval_iter, loss_fn
-                )
-                train_loss, val_loss = mean_over_processes(losses)  # appendix A
-                lr = optimizer.param_groups[0]["lr"]
-                norm = None if grad_norm is None else float(grad_norm)
-                history.record(at.step, at.tokens_seen, train_loss, val_loss, lr, norm)
-                bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
+                losses = _evaluate_run(run, model, optimizer, loaders, device, loss_fn)
+                bar.set_postfix(train=f"{losses[0]:.3f}", val=f"{losses[1]:.3f}")
             if config.checkpoint_every and at.step % config.checkpoint_every == 0:
-                check_finite(diverged, config.checkpoint_dir)
-                _save_run(
-                    config,
-                    model,
-                    optimizer,
-                    at,
-                    history,
-                    train_loader,
-                    epoch_rng,
-                    schedule,
-                )
-            if at.step >= total:
+                _save_run(run, model, optimizer, train_loader)
+            if at.step >= run.total:
                 break
-        if at.batch_in_epoch == batches_per_epoch:  # the epoch is complete
+        if at.batch_in_epoch == len(train_loader):  # the epoch is complete
             at.epoch, at.batch_in_epoch = at.epoch + 1, 0
             if sample is not None:
-                history.samples.append(_sample(model, sample))
+                run.history.samples.append(_sample(model, sample))
     bar.close()
-    check_finite(diverged, config.checkpoint_dir)
-    return history
+    check_finite(run.diverged, config.checkpoint_dir)
+    return run.history
 
 
-def _start_run(config, model, optimizer, train_loader, resume: bool):
+def _start_run(config, model, optimizer, train_loader, resume: bool) -> _Run:
+    """A fresh run, or with `resume` the run the latest checkpoint saved."""
+    if len(train_loader) == 0:
+        raise ValueError("the training loader has no batches: nothing to train on")
+    history, at, saved = _starting_point(config, model, optimizer, train_loader, resume)
+    total = _last_step(config, at, len(train_loader))
+    schedule = schedule_for(config, optimizer, total, saved)  # appendix D
+    return _Run(config, at, history, total, schedule, _own_rng_states(saved))
+
+
+def _starting_point(config, model, optimizer, train_loader, resume: bool):
     """The history and position a run starts from, and the checkpoint's state
     (None for a fresh run).
 
@@ -377,26 +379,54 @@ def _last_step(config, at, batches_per_epoch: int) -> int:
     return min(last, config.max_steps or last)
 
 
-def _epoch_batches(train_loader, at: _Position, saved_rng: dict | None):
-    """An iterator over this epoch's batches after the `at.batch_in_epoch` already
-    trained on, and the random states at the epoch's start (checkpoints keep them
-    to replay its shuffle).
+def _epoch_batches(train_loader, run: _Run):
+    """An iterator over this epoch's batches after the `run.at.batch_in_epoch`
+    already trained on; `run.epoch_rng` keeps the random states at the epoch's
+    start (checkpoints keep them to replay its shuffle).
 
-    On resume, `saved_rng` holds a checkpoint's random states: those of its
-    epoch's start, to shuffle the same way again, and those of its step, to go on.
-    A `DistributedSampler` (appendix A) shuffles by the epoch's number instead.
+    On resume, `run.saved_rng` holds a checkpoint's random states: those of its
+    epoch's start, to shuffle the same way again, and those of its step, to go on;
+    they are used once. A `DistributedSampler` (appendix A) shuffles by the epoch's
+    number instead.
     """
+    saved_rng, run.saved_rng = run.saved_rng, None
     if saved_rng is not None:
         _set_rng_states(saved_rng["epoch_rng"], train_loader)
     if isinstance(train_loader.sampler, DistributedSampler):
-        train_loader.sampler.set_epoch(at.epoch)
-    epoch_rng = _rng_states(train_loader)
+        train_loader.sampler.set_epoch(run.at.epoch)
+    run.epoch_rng = _rng_states(train_loader)
     batches = iter(train_loader)
-    for _ in range(at.batch_in_epoch):
+    for _ in range(run.at.batch_in_epoch):
         next(batches)
     if saved_rng is not None:
         _set_rng_states(saved_rng["rng"], train_loader)
-    return batches, epoch_rng
+    return batches
+
+
+def _take_step(run: _Run, model, optimizer) -> None:
+    """The optimizer's step, once all of the step's batches have added their
+    gradients: clipped and with the scheduled learning rate (appendix D)."""
+    run.pending = 0
+    if run.config.max_grad_norm is not None:
+        run.grad_norm = clip_grad_norm_(model.parameters(), run.config.max_grad_norm)
+    if run.schedule is not None:
+        run.schedule.apply(optimizer, run.at.step)
+    optimizer.step()
+    run.at.step += 1
+
+
+def _evaluate_run(run: _Run, model, optimizer, loaders, device, loss_fn):
+    """Both losses, averaged over the processes (appendix A) and recorded in the
+    history with the last step's learning rate and gradient norm."""
+    check_finite(run.diverged, run.config.checkpoint_dir)
+    train_loader, val_loader = loaders
+    eval_iter = run.config.eval_iter
+    losses = evaluate(model, train_loader, val_loader, device, eval_iter, loss_fn)
+    train_loss, val_loss = mean_over_processes(losses)
+    lr = optimizer.param_groups[0]["lr"]
+    norm = None if run.grad_norm is None else float(run.grad_norm)
+    run.history.record(run.at.step, run.at.tokens_seen, train_loss, val_loss, lr, norm)
+    return train_loss, val_loss
 
 
 def _first_bad_step(diverged: torch.Tensor, loss: torch.Tensor, step: int):
@@ -409,29 +439,24 @@ def _first_bad_step(diverged: torch.Tensor, loss: torch.Tensor, step: int):
     return torch.where((diverged.to(bad.device) == 0) & bad, step, diverged)
 
 
-def _save_run(config, model, optimizer, at, history, train_loader, epoch_rng, schedule):
-    """A checkpoint of the run: weights, optimizer, position, history, schedule,
-    random states. With several processes, the first one writes it, with the
-    random states of all."""
+def _save_run(run: _Run, model, optimizer, train_loader) -> None:
+    """A checkpoint of the run, unless its loss has stopped being finite: weights,
+    optimizer, position, history, schedule, random states. With several processes,
+    the first one writes it, with the random states of all."""
+    check_finite(run.diverged, run.config.checkpoint_dir)
     state = {
-        **vars(at),
-        "history": vars(history),
+        **vars(run.at),
+        "history": vars(run.history),
         "data": describe_data(train_loader),
-        "schedule": None if schedule is None else vars(schedule),
+        "schedule": None if run.schedule is None else vars(run.schedule),
         "processes": world_size(),
     }
-    rng = {"epoch_rng": epoch_rng, "rng": _rng_states(train_loader)}
+    rng: dict = {"epoch_rng": run.epoch_rng, "rng": _rng_states(train_loader)}
     every_rng = gather_objects(rng)  # one per process, in order of rank
     if is_main_process():
         rng = rng if len(every_rng) == 1 else {"ranks": every_rng}
-        save_checkpoint(
-            config.checkpoint_dir,
-            model,
-            optimizer,
-            state,
-            rng,
-            keep=config.keep_checkpoints,
-        )
+        keep = run.config.keep_checkpoints
+        save_checkpoint(run.config.checkpoint_dir, model, optimizer, state, rng, keep)
     barrier()  # nobody goes on before the checkpoint is complete
 
 
@@ -445,11 +470,8 @@ def _own_rng_states(saved: dict | None) -> dict | None:
 
 def _sample(model, sample: Callable[[torch.nn.Module], object]) -> object:
     """What `sample(model)` returns, called in eval mode without gradients."""
-    model.eval()
-    with torch.no_grad():
-        result = sample(model)
-    model.train()
-    return result
+    with eval_mode(model), torch.no_grad():
+        return sample(model)
 
 
 def check_finite(diverged: torch.Tensor, checkpoint_dir=None) -> None:
@@ -476,223 +498,16 @@ def text_loss(model, tokenizer, text: str, device="cpu") -> tuple[float, float]:
     ids = torch.tensor(tokenizer.encode(text))
     if len(ids) < 2:
         raise ValueError("the text must be at least two tokens long")
-    was_training = model.training
-    model.eval()
     context, total = model.cfg.context_length, 0.0
-    for start in range(0, len(ids) - 1, context):
-        window = ids[start : start + context + 1].to(device)
-        logits = model(window[:-1].unsqueeze(0))[0]  # (T, V)
-        total += torch.nn.functional.cross_entropy(
-            logits.float(), window[1:], reduction="sum"
-        ).item()
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(ids) - 1, context):
+            window = ids[start : start + context + 1].to(device)
+            logits = model(window[:-1].unsqueeze(0))[0]  # (T, V)
+            total += torch.nn.functional.cross_entropy(
+                logits.float(), window[1:], reduction="sum"
+            ).item()
     characters = len(text) - len(tokenizer.decode(ids[:1].tolist()))
     return total / (len(ids) - 1), total / characters
-
-
-def open_safetensors(path: str | os.PathLike):
-    """`safe_open(path)`, with errors that name the file and say what is wrong."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"no model file at {path}")
-    try:
-        return safe_open(str(path), framework="pt")
-    except SafetensorError as exc:
-        raise ValueError(
-            f"{path} is not a readable safetensors file; it may be truncated or "
-            f"damaged ({exc})"
-        ) from None
-
-
-def _state_to_save(model) -> dict[str, torch.Tensor]:
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    if model.out_head.weight is model.tok_emb.weight:
-        state.pop("out_head.weight")  # tied: the same tensor as tok_emb.weight
-    return state
-
-
-def save_model(model, path: str | os.PathLike, metadata: dict | None = None) -> None:
-    """Write the weights and the GPTConfig to one safetensors file, atomically.
-
-    `metadata` adds string entries to the file's header (chapter 8 records there
-    how many classes a classifier has).
-    """
-    path = Path(path)
-    metadata = {
-        "format": "llmbook-gpt",
-        "config": json.dumps(vars(model.cfg)),
-        **(metadata or {}),
-    }
-    state = _state_to_save(model)
-    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
-
-
-def shape_problems(expected: dict, found: dict, source: str) -> list[str]:
-    """Every name the model has and `source` lacks, or the reverse, and every
-    shape that differs; `expected` and `found` map names to shapes."""
-    problems = [f"missing from {source}: {k}" for k in expected if k not in found]
-    problems += [f"not in the model: {k}" for k in found if k not in expected]
-    problems += [
-        f"{k}: {tuple(found[k])} in {source}, {tuple(shape)} in the model"
-        for k, shape in expected.items()
-        if k in found and tuple(found[k]) != tuple(shape)
-    ]
-    return problems
-
-
-def problem_report(what: str, problems: list[str]) -> str:
-    """`what` followed by the first 20 problems, one per line."""
-    count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
-    return (
-        f"{what} ({count}):\n  "
-        + "\n  ".join(problems[:20])
-        + ("\n  ..." if len(problems) > 20 else "")
-    )
-
-
-def load_weights(model, path: str | os.PathLike) -> None:
-    """Load a file written by save_model into `model`, after checking every tensor.
-
-    Files from before masks were left out of the state dict hold them as `.mask`
-    tensors: they are ignored."""
-    expected = {k: v.shape for k, v in _state_to_save(model).items()}
-    with open_safetensors(path) as f:
-        names = [k for k in list(f.keys()) if not k.endswith(".mask")]
-        found = {k: f.get_slice(k).get_shape() for k in names}
-        problems = shape_problems(expected, found, "the file")
-        saved = json.loads((f.metadata() or {}).get("config", "{}"))
-        if not problems:  # same shapes, yet maybe another architecture
-            problems = [
-                f"{key}={saved[key]!r} in the file, {value!r} in the model"
-                for key, value in vars(model.cfg).items()
-                if key in saved
-                and not key.startswith("drop_rate")
-                and saved[key] != value
-            ]
-        if problems:
-            raise ValueError(
-                problem_report(f"{path} does not fit this model", problems)
-            )
-        state = {k: f.get_tensor(k) for k in expected}
-    model.load_state_dict(state, strict="out_head.weight" in expected)
-
-
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """Rebuild the GPTModel stored by save_model (config and weights)."""
-    with open_safetensors(path) as f:
-        metadata = f.metadata() or {}
-    if metadata.get("format") != "llmbook-gpt":
-        raise ValueError(f"{path} was not written by llmbook's save_model")
-    if "num_classes" in metadata:
-        raise ValueError(
-            f"{path} holds a classifier with {metadata['num_classes']} "
-            "classes: load it with llmbook.classify.load_classifier"
-        )
-    model = GPTModel(GPTConfig(**json.loads(metadata["config"])))
-    load_weights(model, path)
-    return model.to(device)
-
-
-def _step_of(folder: Path) -> int:
-    return int(folder.name.removeprefix("step-"))
-
-
-def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint folder in `directory`, if any."""
-    pointer = Path(directory) / "latest"
-    if not pointer.is_file():
-        return None
-    return Path(directory) / pointer.read_text(encoding="utf-8").strip()
-
-
-def _fsync(path: Path) -> None:
-    """Push a file (or a folder's entries) from the OS cache to the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def save_checkpoint(
-    directory, model, optimizer, state: dict, rng: dict | None = None, keep: int = 2
-) -> Path:
-    """Save model, optimizer, `state` and random states as one checkpoint folder.
-
-    `state` (which holds "step") must be plain JSON: it is checked before anything
-    is written. The folder is written under a temporary name, with every file
-    synced to disk and its sha256 recorded, then renamed into place; only then
-    does `latest` point to it and are the oldest folders beyond `keep` deleted.
-    """
-    if keep < 1:
-        raise ValueError(f"keep must be at least 1, got {keep}")
-    try:
-        state_json = json.dumps(state, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(
-            f"the training state cannot be saved as JSON ({exc}); a `sample` "
-            "function must return plain Python values (str, int, float, lists)"
-        ) from exc
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    name = f"step-{state['step']:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=directory))
-    try:
-        save_model(model, tmp / "model.safetensors")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(rng or {}, tmp / "rng.pt")
-        (tmp / "state.json").write_text(state_json, encoding="utf-8")
-        files = ["model.safetensors", "optimizer.pt", "rng.pt", "state.json"]
-        sums = {file: file_sha256(tmp / file) for file in files}
-        (tmp / "checksums.json").write_text(json.dumps(sums), encoding="utf-8")
-        for file in [*files, "checksums.json"]:
-            _fsync(tmp / file)
-        final = directory / name
-        if final.exists():  # a checkpoint of the same step, from before a resume
-            shutil.rmtree(final)
-        os.replace(tmp, final)  # the folder appears complete, or not at all
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    pointer = directory / ".latest.tmp"
-    pointer.write_text(name, encoding="utf-8")
-    _fsync(pointer)
-    os.replace(pointer, directory / "latest")
-    _fsync(directory)
-    folders = sorted(directory.glob("step-*"), key=_step_of)  # by number, not name
-    for old in folders[:-keep]:
-        if old != final:
-            shutil.rmtree(old)
-    return final
-
-
-def remove_checkpoints(directory) -> None:
-    """Delete every checkpoint folder, leftover temporary folder and `latest`."""
-    directory = Path(directory)
-    (directory / "latest").unlink(missing_ok=True)
-    for folder in [*directory.glob("step-*"), *directory.glob(".step-*")]:
-        shutil.rmtree(folder)
-
-
-def load_checkpoint(directory, model, optimizer) -> dict:
-    """Restore model and optimizer from the latest checkpoint; return its state.
-
-    Every file is checked against the checksum recorded when it was saved.
-    """
-    folder = latest_checkpoint(directory)
-    if folder is None or not folder.is_dir():
-        raise FileNotFoundError(f"no checkpoint in {directory}")
-    sums = json.loads((folder / "checksums.json").read_text(encoding="utf-8"))
-    for file, expected in sums.items():
-        if not (folder / file).is_file() or file_sha256(folder / file) != expected:
-            raise ValueError(
-                f"{folder / file} is missing or does not match its recorded checksum:"
-                " the checkpoint is corrupt. Delete the folder and point `latest` at "
-                "an older one, or start afresh"
-            )
-    load_weights(model, folder / "model.safetensors")
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
-    return {**state, **torch.load(folder / "rng.pt", weights_only=True)}
 
 
 def flops_per_token(model: GPTModel, context_length: int) -> int:

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from llmbook.checkpoint import problem_report, shape_problems
 from llmbook.data import cache_dir as data_cache_dir
 from llmbook.model import GPTConfig
-from llmbook.train import problem_report, shape_problems
 
 # Hugging Face GPT-2 name -> our name; "{}" is the block number.
 # The weights marked "T" are stored transposed (GPT-2's Conv1D computes x @ W).
