@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 import llmbook.weights
 
@@ -194,6 +193,10 @@ def tiny_gpt2(tmp_path_factory) -> Path:
     """A random GPT-2 of GPT-2's vocabulary and context, saved as the hub saves it."""
     folder = tmp_path_factory.mktemp("tiny-gpt2")
     torch.manual_seed(0)
+    # imported here, not at the top: importing transformers takes seconds, which
+    # every test process would pay when it collects this module
+    from transformers import GPT2Config, GPT2LMHeadModel
+
     config = GPT2Config(n_positions=1024, n_embd=32, n_layer=2, n_head=2)
     GPT2LMHeadModel(config).save_pretrained(folder)
     return folder

@@ -6,7 +6,6 @@ import urllib.error
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from llmbook import weights
 from llmbook.generate import generate_text_simple
@@ -20,6 +19,10 @@ from llmbook.weights import (
 
 
 def tiny_hf(seed=0, **overrides):
+    # transformers is imported when a test needs it: importing it takes seconds,
+    # which every test process would pay when it collects this module
+    from transformers import GPT2Config, GPT2LMHeadModel
+
     torch.manual_seed(seed)
     config = dict(vocab_size=300, n_positions=40, n_embd=24, n_layer=3, n_head=4)
     return GPT2LMHeadModel(GPT2Config(**config | overrides)).eval()
