@@ -483,7 +483,7 @@ def test_finetune_on_instructions_then_evaluate_with_a_judge(tmp_path, run):
     answers = json.loads((tmp_path / "chat" / "test-responses.json").read_text())
     assert len(answers) == 2 and all("model_response" in a for a in answers)
     server = http.server.HTTPServer(("127.0.0.1", 0), Judge)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_port}"
         result = command(

@@ -182,7 +182,7 @@ class Judge(http.server.BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def judge_url():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Judge)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()

@@ -250,7 +250,7 @@ class JudgeServer(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def judge():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), JudgeServer)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     JudgeServer.requests.clear()
     yield f"http://127.0.0.1:{server.server_address[1]}"

@@ -164,7 +164,7 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
 def server(request):
     handler = type("Handler", (RangeHandler,), {"ignore_range": request.param})
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}/file.bin"
     httpd.shutdown()
@@ -184,7 +184,7 @@ def test_download_fresh_and_resumed(tmp_path, server):
 def test_download_of_an_already_complete_part(tmp_path):
     handler = type("Handler", (RangeHandler,), {})
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True).start()
     try:
         (tmp_path / "f.part").write_bytes(PAYLOAD)
         url = f"http://127.0.0.1:{httpd.server_address[1]}/f"
@@ -247,7 +247,7 @@ class HeadHandler(RangeHandler):
 
 def test_gpt2_available_when_the_server_answers(tmp_path, monkeypatch):
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HeadHandler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True).start()
     try:
         base = f"http://127.0.0.1:{httpd.server_address[1]}"
         monkeypatch.setattr(weights, "HF_URL", base + "/{repo}/{file}")
