@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import functools
 import hashlib
 import io
 import os
@@ -58,7 +59,22 @@ LIBRARY = ROOT / "src" / "llmbook"
 USES = re.compile(r"^\s*(?:from|import)\s+llmbook\.(\w+)", re.M)
 
 
+@functools.lru_cache(maxsize=64)
+def _page_figures(markdown: str, library: str) -> tuple[FigureBlock, ...]:
+    return tuple(_figures_of(markdown))
+
+
 def page_figures(markdown: str) -> list[FigureBlock]:
+    """The figure blocks of a page, in order: see `_figures_of`. Pages and library
+    modules are parsed once per process (the snippet tests ask for every block)."""
+    library = f"{LIBRARY}:" + "".join(  # changes when a module does
+        f"{path.name}:{path.stat().st_mtime_ns}:{path.stat().st_size};"
+        for path in sorted(LIBRARY.glob("*.py"))
+    )
+    return list(_page_figures(markdown, library))
+
+
+def _figures_of(markdown: str) -> list[FigureBlock]:
     """The figure blocks of a page, in order. A figure block may use files that the
     page's earlier figure blocks wrote, so each key covers the code of those blocks
     too, and the sources of the library's modules that they import."""
@@ -105,6 +121,7 @@ def _library_fingerprint(modules: set[str]) -> str:
 DOCUMENTED = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 
 
+@functools.lru_cache(maxsize=256)
 def code_shape(source: str) -> str:
     """What `source` does, without what only explains it: its syntax tree with the
     docstrings left out. Comments, blank lines and formatting are not in the tree,
