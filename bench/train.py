@@ -24,13 +24,9 @@ import torch
 from common import device_name, sync
 from torch.utils.data import DataLoader, TensorDataset
 
+from llmbook.fast import configure_optimizer, flops_per_token
 from llmbook.model import GPTConfig, GPTModel
-from llmbook.train import (
-    TrainingConfig,
-    configure_optimizer,
-    flops_per_token,
-    train_model,
-)
+from llmbook.train import TrainingConfig, train_model
 
 # Dense bfloat16 tensor-core peaks from NVIDIA's datasheets, in TFLOP/s.
 GPU_PEAKS = {

@@ -24,8 +24,9 @@ from llmbook.distributed import (
     distributed,
     distributed_loader,
 )
+from llmbook.losses import calc_loss_batch
 from llmbook.model import GPTModel
-from llmbook.train import TrainingConfig, calc_loss_batch, train_model
+from llmbook.train import TrainingConfig, train_model
 from tiny import BYTES, tiny_config
 
 

@@ -21,8 +21,9 @@ from llmbook.classify import (
     read_spam_collection,
     save_classifier,
 )
+from llmbook.losses import calc_loss_loader
 from llmbook.model import GPTConfig, GPTModel
-from llmbook.train import TrainingConfig, calc_loss_loader, train_model
+from llmbook.train import TrainingConfig, train_model
 
 CFG = GPTConfig.preset("debug", context_length=32)
 PAD = 50256

@@ -9,13 +9,9 @@ import torch
 
 from llmbook.checkpoint import latest_checkpoint, load_model
 from llmbook.data import create_dataloader
+from llmbook.fast import configure_optimizer, flops_per_token
 from llmbook.model import GPTConfig, GPTModel
-from llmbook.train import (
-    TrainingConfig,
-    configure_optimizer,
-    flops_per_token,
-    train_model,
-)
+from llmbook.train import TrainingConfig, train_model
 from tiny import BYTES, tiny_config
 
 # The tests' byte-level model (tests/tiny.py): GPT-2's ids are not the point here.

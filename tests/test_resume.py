@@ -21,8 +21,9 @@ from llmbook.classify import (
     load_spam_splits,
 )
 from llmbook.data import create_dataloader
+from llmbook.losses import calc_loss_batch
 from llmbook.model import GPTConfig, GPTModel
-from llmbook.train import TrainingConfig, calc_loss_batch, train_model
+from llmbook.train import TrainingConfig, train_model
 from tiny import BYTES, ctrl_c_at, story_loaders, tiny_config
 
 

@@ -16,15 +16,9 @@ from llmbook.checkpoint import (
     save_model,
 )
 from llmbook.data import create_dataloader
+from llmbook.losses import calc_loss_batch, calc_loss_loader, text_loss
 from llmbook.model import GPTConfig, GPTModel
-from llmbook.train import (
-    TrainingConfig,
-    TrainingHistory,
-    calc_loss_batch,
-    calc_loss_loader,
-    text_loss,
-    train_model,
-)
+from llmbook.train import TrainingConfig, TrainingHistory, train_model
 from tiny import TINY, story_loaders
 
 # The tests' byte-level model (tests/tiny.py): GPT-2's ids are not the point here.

@@ -8,13 +8,10 @@ from typing import Any
 import pytest
 import torch
 
+from llmbook.losses import calc_loss_batch
 from llmbook.model import GPTModel
-from llmbook.train import (
-    TrainingConfig,
-    calc_loss_batch,
-    lr_factor,
-    train_model,
-)
+from llmbook.schedule import lr_factor
+from llmbook.train import TrainingConfig, train_model
 from tiny import ctrl_c_at, story_loaders, tiny_config
 
 # No dropout: evaluations draw from the global generator (a DataLoader's iterator

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 from llmbook.bpe import BPETokenizer
 from llmbook.data import create_dataloader
+from llmbook.losses import calc_loss_batch
 from llmbook.model import GPTConfig
-from llmbook.train import calc_loss_batch
 
 BYTES = BPETokenizer(special_tokens={"<|endoftext|>": 256})  # the bytes, then EOT
 # GPTConfig's debug preset (2 blocks of width 32) over bytes, with a context of 16.

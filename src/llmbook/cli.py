@@ -45,6 +45,7 @@ from llmbook.classify import (
 )
 from llmbook.data import create_dataloader, encode_text
 from llmbook.distributed import device_for, distributed, distributed_loader, print0
+from llmbook.fast import configure_optimizer
 from llmbook.files import atomic_write, save_json
 from llmbook.generate import generate
 from llmbook.instruct import (
@@ -56,7 +57,7 @@ from llmbook.instruct import (
 )
 from llmbook.model import PRESETS, GPTConfig, GPTModel
 from llmbook.tokenizer import gpt2_tokenizer
-from llmbook.train import TrainingConfig, configure_optimizer, train_model
+from llmbook.train import TrainingConfig, train_model
 from llmbook.weights import (
     GPT2_CHECKPOINTS,
     config_from_hf,
