@@ -18,9 +18,11 @@ from llmbook.classify import (
     distinct_texts,
     load_classifier,
     load_spam_splits,
+    read_labelled_texts,
     read_spam_collection,
     save_classifier,
 )
+from llmbook.data import data_file
 from llmbook.losses import calc_loss_loader
 from llmbook.model import GPTConfig, GPTModel
 from llmbook.train import TrainingConfig, train_model
@@ -327,3 +329,25 @@ def test_save_and_load_a_classifier(tmp_path):
     save_model(GPTModel(CFG), tmp_path / "lm.safetensors")
     with pytest.raises(ValueError, match="holds no classifier"):
         load_classifier(tmp_path / "lm.safetensors")
+
+
+def test_labelled_texts_come_from_tsv_or_csv(tmp_path):
+    sms = read_labelled_texts(data_file("SMSSpamCollection"))
+    assert len(sms) == 5574 and {label for _, label in sms} == {"ham", "spam"}
+    (tmp_path / "a.tsv").write_bytes(b"pos\tGood, very good\r\n\nneg\tBad\r\n")
+    (tmp_path / "a.csv").write_text('label,text\npos,"Good, very good"\nneg,Bad\n')
+    expected = [("Good, very good", "pos"), ("Bad", "neg")]
+    assert read_labelled_texts(tmp_path / "a.tsv") == expected
+    assert read_labelled_texts(tmp_path / "a.csv") == expected
+    for name, content, message in [
+        ("b.tsv", b"pos\tfine\nno tab here\n", "b.tsv:2: no tab after the label"),
+        ("c.csv", b"text\nfine\n", "the columns text and label"),
+        ("d.csv", b"text,label\nfine,pos\nshort\n", "d.csv:3: no text or no label"),
+        ("e.tsv", "pos\tcaf\xe9\n".encode("latin-1"), "not a UTF-8 text file"),
+        ("f.tsv", b"pos\tone\npos\ttwo\n", "two labels or more"),
+    ]:
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(ValueError, match=message):
+            read_labelled_texts(tmp_path / name)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        read_labelled_texts(tmp_path / "missing.tsv")

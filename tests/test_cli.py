@@ -9,6 +9,7 @@ import http.server
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -19,12 +20,18 @@ import torch
 from safetensors.torch import load_file
 
 from llmbook.checkpoint import load_model
+from llmbook.classify import (
+    add_classification_head,
+    classifier_settings,
+    classify,
+    load_classifier,
+    save_classifier,
+)
 from llmbook.cli import (
     CommandError,
     TokenPrinter,
     load_tokenizer,
     main,
-    read_labelled,
     read_texts,
 )
 from llmbook.data import data_file
@@ -377,26 +384,6 @@ def test_generate_from_gpt2_weights_in_the_download_cache(tmp_path):
     assert result.stdout.startswith("Hello world") and len(result.stdout) > 12
 
 
-def test_labelled_texts_come_from_tsv_or_csv(tmp_path):
-    sms = read_labelled(data_file("SMSSpamCollection"))
-    assert len(sms) == 5574 and {label for _, label in sms} == {"ham", "spam"}
-    (tmp_path / "a.tsv").write_bytes(b"pos\tGood, very good\r\n\nneg\tBad\r\n")
-    (tmp_path / "a.csv").write_text('label,text\npos,"Good, very good"\nneg,Bad\n')
-    expected = [("Good, very good", "pos"), ("Bad", "neg")]
-    assert read_labelled(tmp_path / "a.tsv") == expected
-    assert read_labelled(tmp_path / "a.csv") == expected
-    for name, content, message in [
-        ("b.tsv", b"pos\tfine\nno tab here\n", "b.tsv:2: no tab after the label"),
-        ("c.csv", b"text\nfine\n", "the columns text and label"),
-        ("d.csv", b"text,label\nfine,pos\nshort\n", "d.csv:3: the row has no"),
-        ("e.tsv", "pos\tcaf\xe9\n".encode("latin-1"), "not a UTF-8 text file"),
-        ("f.tsv", b"pos\tone\npos\ttwo\n", "two labels or more"),
-    ]:
-        (tmp_path / name).write_bytes(content)
-        with pytest.raises(CommandError, match=message):
-            read_labelled(tmp_path / name)
-
-
 def test_finetune_a_classifier_then_label_texts(tmp_path, run):
     lines = data_file("SMSSpamCollection").read_text(encoding="utf-8").splitlines()
     (tmp_path / "sms.tsv").write_text("\n".join(lines[:80]) + "\n", encoding="utf-8")
@@ -438,6 +425,91 @@ def test_finetune_a_classifier_then_label_texts(tmp_path, run):
     # A classifier is not a text generator: the command says what to use.
     wrong = command("generate", "--checkpoint", tmp_path / "spam", "--prompt", "Hi")
     assert wrong.returncode == 1 and "llmbook classify" in wrong.stderr
+    # A text longer than the classifier's input is refused, or cut when asked.
+    settings = classifier_settings(tmp_path / "spam" / "classifier.safetensors")
+    long_text = "call me now " * settings["max_length"]
+    refused = command("classify", "--checkpoint", tmp_path / "spam", long_text)
+    assert refused.returncode == 1 and "pass truncate=True" not in refused.stderr
+    assert "--truncate" in refused.stderr
+    cut = command(
+        "classify", "--checkpoint", tmp_path / "spam", "--truncate", long_text, check=0
+    )
+    assert f"(first {settings['max_length']} tokens)" in cut.stdout
+
+
+def test_classifier_files_are_the_same_for_the_library_and_the_command_line(
+    tmp_path, run
+):
+    """A classifier written by `llmbook finetune classify` loads with chapter 8's
+    `load_classifier`, and one written by `save_classifier` labels texts with
+    `llmbook classify`."""
+    lines = data_file("SMSSpamCollection").read_text(encoding="utf-8").splitlines()
+    (tmp_path / "sms.tsv").write_text("\n".join(lines[:40]) + "\n", encoding="utf-8")
+    command(
+        "finetune",
+        "classify",
+        "--data",
+        tmp_path / "sms.tsv",
+        "--checkpoint",
+        run,
+        "--out",
+        tmp_path / "cli",
+        "--epochs",
+        1,
+        "--device",
+        "cpu",
+        "--quiet",
+        check=0,
+    )
+    from_cli = tmp_path / "cli" / "classifier.safetensors"
+    settings = classifier_settings(from_cli)
+    assert settings["labels"] == ["ham", "spam"]
+    assert settings["tokenizer"] == "tokenizer.json"  # the run's BPE, copied beside it
+    model = load_classifier(from_cli)
+    tokenizer = load_tokenizer(settings["tokenizer"], from_cli.parent)
+    label, probability = classify(
+        "Free entry, text WIN",
+        model,
+        tokenizer,
+        settings["max_length"],
+        settings["pad_token_id"],
+    )
+    assert label in (0, 1) and 0.5 <= probability <= 1
+    # The other way: a classifier the library saves, labelled by the command line.
+    base = load_model(Path(run) / "model.safetensors")
+    torch.manual_seed(0)
+    add_classification_head(base, num_classes=3)
+    (tmp_path / "lib").mkdir()
+    shutil.copy(Path(run) / "tokenizer.json", tmp_path / "lib" / "tokenizer.json")
+    save_classifier(
+        base,
+        tmp_path / "lib" / "three.safetensors",
+        labels=["a", "b", "c"],
+        tokenizer="tokenizer.json",
+        max_length=16,
+        pad_token_id=0,
+    )
+    labelled = command(
+        "classify",
+        "--checkpoint",
+        tmp_path / "lib" / "three.safetensors",
+        "some text",
+        "--device",
+        "cpu",
+        check=0,
+    )
+    label, probability, text = labelled.stdout.rstrip("\n").split("\t")
+    assert label in {"a", "b", "c"} and text == "some text"
+    expected = classify(
+        "some text",
+        base.eval(),
+        load_tokenizer("tokenizer.json", tmp_path / "lib"),
+        16,
+        0,
+    )
+    assert label == "abc"[expected[0]] and float(probability) == pytest.approx(
+        expected[1], abs=0.006
+    )
 
 
 class Judge(http.server.BaseHTTPRequestHandler):

@@ -21,14 +21,12 @@ from llmbook.instruct import (
     instruction_collate,
     judge_available,
     load_instruction_splits,
-    number_in_words,
     parse_score,
     rouge_l,
     score_responses,
-    skill_entry,
-    skill_splits,
 )
 from llmbook.model import GPTConfig, GPTModel
+from llmbook.skills import number_in_words, skill_entry, skill_splits
 from llmbook.tokenizer import gpt2_tokenizer
 from llmbook.train import TrainingConfig, train_model
 from tiny import BYTES, tiny_config

@@ -4,19 +4,24 @@
 
 """Finetuning a GPT as a classifier: spam data, a classification head (chapter 8)."""
 
+import csv
+import io
 import json
 import operator
 import os
 import random
+from functools import partial
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from llmbook.checkpoint import load_weights, open_safetensors, save_model
-from llmbook.data import check_sizes, check_token_ids, data_file
+from llmbook.data import check_sizes, check_token_ids, create_dataloader, data_file
 from llmbook.model import GPTConfig, GPTModel, eval_mode
 from llmbook.tokenizer import gpt2_tokenizer
+from llmbook.train import TrainingConfig, evaluate, train_model
 
 SPAM_LABELS = {"ham": 0, "spam": 1}
 
@@ -159,12 +164,13 @@ def create_classification_loaders(
     seed: int = 123,
     max_length: int | None = None,
     num_classes: int = 2,
+    pad_token_id: int = 50256,
 ):
     """Loaders of (ids (B, L), labels (B,)) for three lists of (text, label).
 
-    Every split is padded (or cut) to `max_length`, by default the longest
-    training text. Only the training loader shuffles (seeded) and drops a last
-    partial batch.
+    Every split is padded with `pad_token_id` (or cut) to `max_length`, by
+    default the longest training text. Only the training loader shuffles
+    (seeded) and drops a last partial batch.
     """
 
     def dataset(examples, max_length):
@@ -172,9 +178,13 @@ def create_classification_loaders(
             raise ValueError("every split needs at least one (text, label) example")
         texts, labels = zip(*examples, strict=True)
         return ClassificationDataset(
-            texts, labels, tokenizer, max_length, num_classes=num_classes
+            texts, labels, tokenizer, max_length, pad_token_id, num_classes
         )
 
+    if len(train) < batch_size:
+        raise ValueError(
+            f"{len(train)} training examples make no batch of {batch_size}"
+        )
     train_data = dataset(train, max_length)
     max_length = train_data.max_length
     generator = torch.Generator().manual_seed(seed)
@@ -185,6 +195,72 @@ def create_classification_loaders(
         DataLoader(dataset(val, max_length), batch_size),
         DataLoader(dataset(test, max_length), batch_size),
     )
+
+
+def message_corpus(path=None) -> list[str]:
+    """The messages to pretrain on: every message of the SMS collection, without
+    its label, except those of the validation and test splits."""
+    _, val, test = load_spam_splits(path=path)
+    held_out = {text for text, _ in val + test}
+    return [text for text, _ in read_spam_collection(path) if text not in held_out]
+
+
+def short_list_loss(in_use: torch.Tensor, vocab_size: int = 50257, chunk: int = 64):
+    """A `loss_fn` for `train_model`: next-token cross-entropy over the token ids
+    in `in_use` alone, for a model whose head is an identity, computed `chunk`
+    positions at a time. Every target must be one of the tokens in use."""
+    row_of = torch.full((vocab_size,), -1)
+    row_of[in_use] = torch.arange(len(in_use))  # token id -> its row in the list
+
+    def loss(inputs, targets, model, device):
+        hidden = model(inputs.to(device)).flatten(0, 1)  # (B*T, emb_dim)
+        targets = row_of[targets].flatten().to(device)  # (B*T,)
+        weight = model.tok_emb.weight[in_use.to(device)]  # (tokens in use, emb_dim)
+        total = hidden.new_zeros(())
+        for h, t in zip(hidden.split(chunk), targets.split(chunk), strict=True):
+            logits = h @ weight.T  # (chunk, tokens in use)
+            total = total + nn.functional.cross_entropy(logits, t, reduction="sum")
+        return total / len(targets)
+
+    return loss
+
+
+def pretrain_on_messages(path="sms-gpt.safetensors", epochs: int = 3, seed=123):
+    """Section 8.4's small GPT, pretrained on `message_corpus()` and saved at
+    `path`. Returns the model, its (training, validation) loss before training,
+    and the training history."""
+    text = "<|endoftext|>".join(message_corpus())
+    split = int(0.95 * len(text))
+    loader = partial(create_dataloader, batch_size=8, max_length=64, stride=64)
+    train_loader = loader(text[:split], seed=seed)
+    val_loader = loader(text[split:], shuffle=False, drop_last=False)
+    ids = gpt2_tokenizer().encode(text, allowed_special={"<|endoftext|>"})
+    loss_fn = short_list_loss(torch.tensor(sorted(set(ids))))
+    torch.manual_seed(seed)
+    cfg = GPTConfig(
+        context_length=256, emb_dim=64, n_heads=4, n_layers=2, tie_weights=True
+    )
+    model = GPTModel(cfg)
+    head = model.out_head
+    model.out_head = nn.Identity()  # type: ignore[assignment]  # hidden states out
+    optimizer = torch.optim.AdamW(  # fused: one pass over the 3.3 million weights
+        model.parameters(), lr=2e-3, weight_decay=0.1, fused=True
+    )
+    start = evaluate(model, train_loader, val_loader, "cpu", 5, loss_fn)
+    config = TrainingConfig(num_epochs=epochs, eval_freq=107, progress=False)
+    history = train_model(
+        model, train_loader, val_loader, optimizer, "cpu", config, loss_fn=loss_fn
+    )
+    model.out_head = head
+    save_model(model, path)
+    return model, start, history
+
+
+def message_gpt(path="sms-gpt.safetensors") -> Path:
+    """The file of section 8.4's model: `path` if it exists, else made there."""
+    if not Path(path).is_file():
+        pretrain_on_messages(path)
+    return Path(path)
 
 
 def add_classification_head(model, num_classes: int = 2, trainable_blocks: int = 1):
@@ -334,9 +410,51 @@ def classify(
     return int(label), float(probability)
 
 
-def save_classifier(model, path: str | os.PathLike) -> None:
-    """Save a classifier's weights, GPTConfig and number of classes, atomically."""
-    save_model(model, path, metadata={"num_classes": str(model.out_head.out_features)})
+def save_classifier(
+    model,
+    path: str | os.PathLike,
+    labels=None,
+    tokenizer: str = "gpt2",
+    max_length: int | None = None,
+    pad_token_id: int = 50256,
+) -> None:
+    """Save a classifier's weights and GPTConfig, atomically, with what labelling a
+    text takes: the class names (default "0", "1", ...), the tokenizer's name,
+    the longest input (default: the context) and the padding id."""
+    num_classes = model.out_head.out_features
+    labels = [str(i) for i in range(num_classes)] if labels is None else list(labels)
+    if len(labels) != num_classes or len(set(labels)) != num_classes:
+        raise ValueError(f"need {num_classes} different labels, got {labels}")
+    max_length = max_length or model.cfg.context_length
+    if not 1 <= max_length <= model.cfg.context_length:
+        raise ValueError(f"max_length must be 1 to the context, got {max_length}")
+    metadata = {
+        "num_classes": str(num_classes),
+        "labels": json.dumps(labels),
+        "tokenizer": tokenizer,
+        "max_length": str(max_length),
+        "pad_token_id": str(pad_token_id),
+    }
+    save_model(model, path, metadata=metadata)
+
+
+def classifier_settings(path: str | os.PathLike) -> dict:
+    """The labels, tokenizer, max_length and pad_token_id that a classifier file
+    records (for a file from before they were recorded: GPT-2's defaults)."""
+    with open_safetensors(path) as f:
+        metadata = f.metadata() or {}
+    if metadata.get("format") != "llmbook-gpt" or "num_classes" not in metadata:
+        raise ValueError(f"{path} holds no classifier saved by save_classifier")
+    num_classes = int(metadata["num_classes"])
+    config = json.loads(metadata["config"])
+    return {
+        "labels": json.loads(
+            metadata.get("labels", json.dumps([str(i) for i in range(num_classes)]))
+        ),
+        "tokenizer": metadata.get("tokenizer", "gpt2"),
+        "max_length": int(metadata.get("max_length", config["context_length"])),
+        "pad_token_id": int(metadata.get("pad_token_id", 50256)),
+    }
 
 
 def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu"):
@@ -349,3 +467,37 @@ def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu")
     add_classification_head(model, int(metadata["num_classes"]), trainable_blocks=0)
     load_weights(model, path)
     return model.to(device).eval()
+
+
+def read_labelled_texts(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """(text, label) pairs from a .csv file with the columns `text` and `label`,
+    or else from lines `label<TAB>text`; empty texts are left out. A file that
+    gives fewer than two labels is an error: a classifier needs two or more."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        content = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a UTF-8 text file") from None
+    pairs = []
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(io.StringIO(content, newline=""))
+        if not {"text", "label"} <= set(reader.fieldnames or []):
+            raise ValueError(f"{path}: the CSV needs the columns text and label")
+        for row in reader:
+            if row["text"] is None or row["label"] is None:
+                raise ValueError(f"{path}:{reader.line_num}: no text or no label")
+            pairs.append((row["text"], row["label"].strip()))
+    else:
+        for number, line in enumerate(content.split("\n"), start=1):
+            if not line.strip():
+                continue
+            label, tab, text = line.removesuffix("\r").partition("\t")
+            if not tab:
+                raise ValueError(f"{path}:{number}: no tab after the label")
+            pairs.append((text, label.strip()))
+    pairs = [(text, label) for text, label in pairs if text.strip()]
+    if len({label for _, label in pairs}) < 2:
+        raise ValueError(f"{path}: a classifier needs texts of two labels or more")
+    return pairs

@@ -10,11 +10,9 @@ work, 1 for a failure (a missing file, an empty text, a model that does not fit)
 """
 
 import argparse
-import csv
 import dataclasses
 import glob
 import hashlib
-import io
 import json
 import os
 import random
@@ -24,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
 from llmbook.bpe import BPETokenizer
 from llmbook.checkpoint import (
@@ -34,13 +31,16 @@ from llmbook.checkpoint import (
     save_model,
 )
 from llmbook.classify import (
-    ClassificationDataset,
     add_classification_head,
     balance_classes,
     calc_accuracy_loader,
     calc_classification_loss,
+    classifier_settings,
     classify,
+    create_classification_loaders,
     load_classifier,
+    read_labelled_texts,
+    save_classifier,
     split_examples,
 )
 from llmbook.data import create_dataloader, encode_text
@@ -364,17 +364,16 @@ def plot_losses(history, path: Path, title: str) -> None:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="svg"))
 
 
-def finish_training(model, history, out: Path, title: str, name: str, metadata: dict):
-    """Save the model, its history and a plot of its losses in `out`."""
-    save_model(model, out / name, metadata=metadata)
+def finish_training(history, out: Path, title: str, saved: Path) -> None:
+    """After the model is `saved`: its history and a plot of its losses in `out`."""
     history.save(out / "history.json")
     if not history.steps:
-        print0(f"saved {out / name} (no loss measured: fewer steps than --eval-freq)")
+        print0(f"saved {saved} (no loss measured: fewer steps than --eval-freq)")
         return
     plot_losses(history, out / "losses.svg", title)
     last = f"step {history.steps[-1]}: training loss {history.train_losses[-1]:.3f}"
     print0(f"{last}, validation loss {history.val_losses[-1]:.3f}")
-    print0(f"saved {out / name}; losses plotted in {out / 'losses.svg'}")
+    print0(f"saved {saved}; losses plotted in {out / 'losses.svg'}")
 
 
 # The settings of a pretraining run. Their options default to None, so that
@@ -673,14 +672,9 @@ def pretrain(args) -> None:
                 f"interrupted: {kept}; continue with: {again}"
             ) from None
         if place.is_main:
-            finish_training(
-                model,
-                history,
-                out,
-                "pretraining",
-                "model.safetensors",
-                {"tokenizer": spec},
-            )
+            saved = out / "model.safetensors"
+            save_model(model, saved, metadata={"tokenizer": spec})
+            finish_training(history, out, "pretraining", saved)
 
 
 def add_generate(commands) -> None:
@@ -824,44 +818,11 @@ def finetune(args, model, train_loader, val_loader, device, loss_fn=None):
     )
 
 
-def read_labelled(path: Path) -> list[tuple[str, str]]:
-    """(text, label) pairs from a .csv with columns text and label, or else from
-    lines `label<TAB>text` (the SMS Spam Collection's format)."""
-    if not path.is_file():
-        raise CommandError(f"--data {path}: no such file")
-    try:
-        content = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise CommandError(f"--data {path}: not a UTF-8 text file") from None
-    pairs = []
-    if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(io.StringIO(content, newline=""))
-        if not {"text", "label"} <= set(reader.fieldnames or []):
-            raise CommandError(f"{path}: the CSV needs the columns text and label")
-        for row in reader:
-            if row["text"] is None or row["label"] is None:
-                where = f"{path}:{reader.line_num}"
-                raise CommandError(f"{where}: the row has no text or no label")
-            pairs.append((row["text"], row["label"].strip()))
-    else:
-        for line_number, line in enumerate(content.split("\n"), start=1):
-            if not line.strip():
-                continue
-            label, tab, text = line.removesuffix("\r").partition("\t")
-            if not tab:
-                raise CommandError(f"{path}:{line_number}: no tab after the label")
-            pairs.append((text, label.strip()))
-    pairs = [(text, label) for text, label in pairs if text.strip()]
-    if len({label for _, label in pairs}) < 2:
-        raise CommandError(f"{path}: a classifier needs texts of two labels or more")
-    return pairs
-
-
 def finetune_classify(args) -> None:
     out = args.out
     if (out / "classifier.safetensors").exists():
         raise UsageError(f"{out} holds a classifier already; choose another --out")
-    labelled = read_labelled(args.data)
+    labelled = read_labelled_texts(args.data)
     labels = sorted({label for _, label in labelled})
     examples = [(text, labels.index(label)) for text, label in labelled]
     if args.balance:
@@ -879,51 +840,34 @@ def finetune_classify(args) -> None:
     pad_id = end_of_text(tokenizer)
     longest = max(len(tokenizer.encode(t, disallowed_special=())) for t, _ in splits[0])
     max_length = min(args.max_length or longest, model.cfg.context_length)
-
-    def loader(part, train=False):
-        texts, ids = zip(*part, strict=True)
-        data = ClassificationDataset(
-            texts, ids, tokenizer, max_length, pad_id, len(labels)
-        )
-        if not train:
-            return DataLoader(data, args.batch_size)
-        if len(data) < args.batch_size:
-            raise CommandError(f"fewer training texts ({len(data)}) than --batch-size")
-        generator = torch.Generator().manual_seed(args.seed)
-        return DataLoader(
-            data, args.batch_size, shuffle=True, drop_last=True, generator=generator
-        )
-
-    train_loader, val_loader, test_loader = (
-        loader(splits[0], True),
-        *map(loader, splits[1:]),
+    train, val, test = splits
+    loaders = create_classification_loaders(
+        train,
+        val,
+        test,
+        tokenizer,
+        args.batch_size,
+        args.seed,
+        max_length,
+        num_classes=len(labels),
+        pad_token_id=pad_id,
     )
     torch.manual_seed(args.seed)
     add_classification_head(model, len(labels), args.trainable_blocks)
     model.to(device)
     loss_fn = partial(calc_classification_loss, pad_token_id=pad_id)
-    history = finetune(args, model, train_loader, val_loader, device, loss_fn)
+    history = finetune(args, model, loaders[0], loaders[1], device, loss_fn)
     out.mkdir(parents=True, exist_ok=True)
     accuracy = {
         name: calc_accuracy_loader(part, model, device, pad_token_id=pad_id)
-        for name, part in [
-            ("training", train_loader),
-            ("validation", val_loader),
-            ("test", test_loader),
-        ]
+        for name, part in zip(["training", "validation", "test"], loaders, strict=True)
     }
     print(", ".join(f"{name} accuracy {value:.1%}" for name, value in accuracy.items()))
     save_json(accuracy, out / "accuracy.json")
-    metadata = {
-        "num_classes": str(len(labels)),
-        "labels": json.dumps(labels),
-        "tokenizer": keep_tokenizer(spec, out),
-        "max_length": str(max_length),
-        "pad_token_id": str(pad_id),
-    }
-    finish_training(
-        model, history, out, "classifier finetuning", "classifier.safetensors", metadata
-    )
+    saved = out / "classifier.safetensors"
+    keep = keep_tokenizer(spec, out)
+    save_classifier(model, saved, labels, keep, max_length, pad_id)
+    finish_training(history, out, "classifier finetuning", saved)
 
 
 def add_classify(commands) -> None:
@@ -935,31 +879,36 @@ def add_classify(commands) -> None:
     )
     p.add_argument("text", nargs="+", metavar="TEXT", help="texts to label")
     p.add_argument("--checkpoint", metavar="DIR", required=True, help="the classifier")
+    p.add_argument(
+        "--truncate", action="store_true", help="label a long text by its start"
+    )
     add_device_option(p)
     p.set_defaults(run=classify_command)
 
 
 def classify_command(args) -> None:
     weights, folder = model_file(args.checkpoint)
-    with open_safetensors(weights) as f:
-        metadata = f.metadata() or {}
-    if "labels" not in metadata:
-        raise CommandError(
-            f"{weights} holds no classifier from llmbook finetune classify"
-        )
-    labels = json.loads(metadata["labels"])
+    settings = classifier_settings(weights)
     model = load_classifier(weights, pick_device(args.device))
-    tokenizer, _ = tokenizer_of(weights, folder)
+    tokenizer = load_tokenizer(settings["tokenizer"], folder)
+    limit = settings["max_length"]
     for text in args.text:
+        size = len(tokenizer.encode(text, disallowed_special=()))
+        if size > limit and not args.truncate:
+            raise CommandError(
+                f"{text[:30]!r}... has {size} tokens, more than the {limit} the "
+                f"classifier reads; add --truncate to label its first {limit}"
+            )
         label, probability = classify(
             text,
             model,
             tokenizer,
-            max_length=int(metadata["max_length"]),
-            pad_token_id=int(metadata["pad_token_id"]),
-            truncate=True,
+            max_length=limit,
+            pad_token_id=settings["pad_token_id"],
+            truncate=args.truncate,
         )
-        print(f"{labels[label]}\t{probability:.2f}\t{text}")
+        note = f" (first {limit} tokens)" if size > limit else ""
+        print(f"{settings['labels'][label]}\t{probability:.2f}\t{text}{note}")
 
 
 def add_finetune_instruct(kinds) -> None:
@@ -1022,9 +971,9 @@ def finetune_instruct(args) -> None:
     history = finetune(args, model, train_loader, val_loader, device)
     out.mkdir(parents=True, exist_ok=True)
     metadata = {"tokenizer": keep_tokenizer(spec, out)}
-    finish_training(
-        model, history, out, "instruction finetuning", "model.safetensors", metadata
-    )
+    saved = out / "model.safetensors"
+    save_model(model, saved, metadata=metadata)
+    finish_training(history, out, "instruction finetuning", saved)
     if test:
         answered = generate_responses(
             model, test, tokenizer, args.max_new_tokens, device, eos_id=eos_id
