@@ -19,8 +19,8 @@ import time
 import torch
 from common import device_name
 
-from llmbook.classify import message_corpus, short_list_loss
 from llmbook.data import create_dataloader
+from llmbook.messages import message_corpus, short_list_loss
 from llmbook.model import GPTConfig, GPTModel
 from llmbook.tokenizer import gpt2_tokenizer
 

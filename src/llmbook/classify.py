@@ -10,7 +10,6 @@ import json
 import operator
 import os
 import random
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -18,10 +17,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from llmbook.checkpoint import load_weights, open_safetensors, save_model
-from llmbook.data import check_sizes, check_token_ids, create_dataloader, data_file
+from llmbook.data import check_sizes, check_token_ids, data_file
 from llmbook.model import GPTConfig, GPTModel, eval_mode
 from llmbook.tokenizer import gpt2_tokenizer
-from llmbook.train import TrainingConfig, evaluate, train_model
 
 SPAM_LABELS = {"ham": 0, "spam": 1}
 
@@ -195,72 +193,6 @@ def create_classification_loaders(
         DataLoader(dataset(val, max_length), batch_size),
         DataLoader(dataset(test, max_length), batch_size),
     )
-
-
-def message_corpus(path=None) -> list[str]:
-    """The messages to pretrain on: every message of the SMS collection, without
-    its label, except those of the validation and test splits."""
-    _, val, test = load_spam_splits(path=path)
-    held_out = {text for text, _ in val + test}
-    return [text for text, _ in read_spam_collection(path) if text not in held_out]
-
-
-def short_list_loss(in_use: torch.Tensor, vocab_size: int = 50257, chunk: int = 64):
-    """A `loss_fn` for `train_model`: next-token cross-entropy over the token ids
-    in `in_use` alone, for a model whose head is an identity, computed `chunk`
-    positions at a time. Every target must be one of the tokens in use."""
-    row_of = torch.full((vocab_size,), -1)
-    row_of[in_use] = torch.arange(len(in_use))  # token id -> its row in the list
-
-    def loss(inputs, targets, model, device):
-        hidden = model(inputs.to(device)).flatten(0, 1)  # (B*T, emb_dim)
-        targets = row_of[targets].flatten().to(device)  # (B*T,)
-        weight = model.tok_emb.weight[in_use.to(device)]  # (tokens in use, emb_dim)
-        total = hidden.new_zeros(())
-        for h, t in zip(hidden.split(chunk), targets.split(chunk), strict=True):
-            logits = h @ weight.T  # (chunk, tokens in use)
-            total = total + nn.functional.cross_entropy(logits, t, reduction="sum")
-        return total / len(targets)
-
-    return loss
-
-
-def pretrain_on_messages(path="sms-gpt.safetensors", epochs: int = 3, seed=123):
-    """Section 8.4's small GPT, pretrained on `message_corpus()` and saved at
-    `path`. Returns the model, its (training, validation) loss before training,
-    and the training history."""
-    text = "<|endoftext|>".join(message_corpus())
-    split = int(0.95 * len(text))
-    loader = partial(create_dataloader, batch_size=8, max_length=64, stride=64)
-    train_loader = loader(text[:split], seed=seed)
-    val_loader = loader(text[split:], shuffle=False, drop_last=False)
-    ids = gpt2_tokenizer().encode(text, allowed_special={"<|endoftext|>"})
-    loss_fn = short_list_loss(torch.tensor(sorted(set(ids))))
-    torch.manual_seed(seed)
-    cfg = GPTConfig(
-        context_length=256, emb_dim=64, n_heads=4, n_layers=2, tie_weights=True
-    )
-    model = GPTModel(cfg)
-    head = model.out_head
-    model.out_head = nn.Identity()  # type: ignore[assignment]  # hidden states out
-    optimizer = torch.optim.AdamW(  # fused: one pass over the 3.3 million weights
-        model.parameters(), lr=2e-3, weight_decay=0.1, fused=True
-    )
-    start = evaluate(model, train_loader, val_loader, "cpu", 5, loss_fn)
-    config = TrainingConfig(num_epochs=epochs, eval_freq=107, progress=False)
-    history = train_model(
-        model, train_loader, val_loader, optimizer, "cpu", config, loss_fn=loss_fn
-    )
-    model.out_head = head
-    save_model(model, path)
-    return model, start, history
-
-
-def message_gpt(path="sms-gpt.safetensors") -> Path:
-    """The file of section 8.4's model: `path` if it exists, else made there."""
-    if not Path(path).is_file():
-        pretrain_on_messages(path)
-    return Path(path)
 
 
 def add_classification_head(model, num_classes: int = 2, trainable_blocks: int = 1):
