@@ -431,7 +431,8 @@ def _chapter_table(page: Path) -> dict[str, tuple[str, set[str]]]:
     for line in page.read_text(encoding="utf-8").splitlines():
         row = re.match(r"\| \[[^\]]+\]\(([\w-]+\.md)\) \| (.+?) \| (.+?) \|$", line)
         if row:
-            modules = {m.removesuffix(".py") for m in re.findall(r"`([\w.]+)`", row[3])}
+            names = re.findall(r"`([\w./]+)`", row[3])  # tokenizer.py, or cli/
+            modules = {m.removesuffix(".py").removesuffix("/") for m in names}
             rows[row[1]] = (row[2], modules)
     return rows
 
@@ -447,20 +448,29 @@ def test_the_chapter_tables_agree_with_each_other_and_with_the_chapters():
     } == plan
     listed = set(home)
     for chapter in CHAPTERS:
-        targets = re.findall(
-            r"<!--tangle: src/llmbook/(\w+)\.py-->", chapter.read_text()
-        )
+        targets = [  # a module, or the package a module is in
+            package or module
+            for package, module in re.findall(
+                r"<!--tangle: src/llmbook/(?:(\w+)/)?(\w+)\.py-->", chapter.read_text()
+            )
+        ]
         if chapter.name in listed:
             assert home[chapter.name][1] == set(targets), chapter.name
         elif chapter.name not in {"index.md", "notebooks.md"}:
             pytest.fail(f"the home page's table leaves out {chapter.name}")
 
 
-def fake_setup(tmp_path: Path, env: dict[str, str], uv_status: int | None = None):
-    """Run `tools/book.sh test` in a copy of the repository whose .venv is a fake:
-    its `python` logs its arguments and has no torch, its `ruff` and `mypy` do
-    nothing, and its `uv` (absent when `uv_status` is None) logs its arguments and
-    exits with `uv_status`. Returns the finished process and the logged commands."""
+def fake_setup(
+    tmp_path: Path,
+    env: dict[str, str],
+    uv_status: int | None = None,
+    command: str = "test",
+):
+    """Run `tools/book.sh COMMAND` in a copy of the repository whose .venv is a
+    fake: its `python` logs its arguments and has no torch, its `ruff` and `mypy`
+    log theirs, and its `uv` (absent when `uv_status` is None) logs its arguments
+    and exits with `uv_status`. Returns the finished process and the logged
+    commands."""
     import os
     import subprocess
 
@@ -480,7 +490,7 @@ def fake_setup(tmp_path: Path, env: dict[str, str], uv_status: int | None = None
         f'  echo "threads $OMP_NUM_THREADS" >> "{log}";; esac\n'
     )
     for tool in ["ruff", "mypy"]:
-        (bin_ / tool).write_text("#!/bin/sh\n")
+        (bin_ / tool).write_text(f'#!/bin/sh\nprintf "{tool} %s\\n" "$*" >> "{log}"\n')
     if uv_status is not None:
         (bin_ / "uv").write_text(
             f'#!/bin/sh\nprintf "uv %s\\n" "$*" >> "{log}"\nexit {uv_status}\n'
@@ -488,7 +498,7 @@ def fake_setup(tmp_path: Path, env: dict[str, str], uv_status: int | None = None
     for script in bin_.iterdir():
         script.chmod(0o755)
     done = subprocess.run(
-        ["bash", str(tmp_path / "tools" / "book.sh"), "test"],
+        ["bash", str(tmp_path / "tools" / "book.sh"), command],
         env={"PATH": os.environ["PATH"], **env},
         capture_output=True,
         text=True,
@@ -573,3 +583,16 @@ def test_the_run_starts_with_the_longest_pages_and_keeps_every_file_whole(reques
     modules = [name for name in runs if not name.endswith(".md")]
     long = [name in root.LONG_MODULES for name in modules]
     assert long == sorted(long, reverse=True)
+
+
+def test_fix_regenerates_code_notebooks_figures_and_formatting_in_order(tmp_path):
+    done, calls = fake_setup(tmp_path, {}, command="fix")
+    assert done.returncode == 0, done.stderr
+    steps = [c for c in calls if c.startswith(("tools/", "ruff"))]
+    assert steps == [
+        "tools/tangle.py",
+        "tools/notebooks.py",
+        "tools/figures.py",
+        "ruff check --fix --quiet src tools tests bench conftest.py",
+        "ruff format --quiet src tools tests bench conftest.py",
+    ]

@@ -27,13 +27,9 @@ from llmbook.classify import (
     load_classifier,
     save_classifier,
 )
-from llmbook.cli import (
-    CommandError,
-    TokenPrinter,
-    load_tokenizer,
-    main,
-    read_texts,
-)
+from llmbook.cli import main
+from llmbook.cli.common import CommandError, load_tokenizer, read_texts
+from llmbook.cli.generate import TokenPrinter
 from llmbook.data import data_file
 from llmbook.generate import generate
 
@@ -251,6 +247,8 @@ def test_mistakes_end_in_one_line_with_code_2_for_usage_and_1_for_failures(
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "short.txt").write_text("Too short.")
     (tmp_path / "bad.json").write_text('[{"instruction": "Say hi", "output": 5}]')
+    (tmp_path / "typed.json").write_text('{"emb_dim": "wide"}')
+    (tmp_path / "bpe.json").write_text('{"ranks": 5}')
     out = tmp_path / "out"
     cases = [
         (["pretrain", tmp_path / "empty.txt", "--out", out], 1, "text is empty"),
@@ -261,6 +259,16 @@ def test_mistakes_end_in_one_line_with_code_2_for_usage_and_1_for_failures(
         (["pretrain", "--out", run, "--resume", "--lr", "0.1"], 2, "the run has --lr"),
         (["pretrain", verdict, "--out", out, "--batch-size", "0"], 2, "must be >= 1"),
         (["pretrain", verdict, "--out", out, "--config", verdict], 1, "--config"),
+        (
+            ["pretrain", verdict, "--out", out, "--config", tmp_path / "typed.json"],
+            1,
+            "emb_dim must be an int",
+        ),
+        (
+            ["pretrain", verdict, "--out", out, "--tokenizer", tmp_path / "bpe.json"],
+            1,
+            "not a tokenizer that BPETokenizer.save wrote",
+        ),
         (["generate", "--checkpoint", out, "--prompt", "x"], 1, "no such file"),
         (["generate", "--checkpoint", run, "--prompt", ""], 2, "--prompt is empty"),
         (["generate", "--prompt", "x"], 2, "one of the arguments"),
@@ -317,6 +325,27 @@ def test_mistakes_end_in_one_line_with_code_2_for_usage_and_1_for_failures(
     assert alone.returncode == 2 and "commands:" in alone.stderr
 
 
+def test_a_bug_shows_its_traceback_and_a_setup_problem_one_line(monkeypatch, capsys):
+    """A TypeError in the code is not the user's mistake: main lets it through.
+    A SetupError (a data file, a cache, a judge, torchrun) is reported in one line."""
+    import llmbook.cli.generate as generate_module
+    from llmbook.files import SetupError
+
+    def broken(args):
+        raise TypeError("unsupported operand type(s)")
+
+    monkeypatch.setattr(generate_module, "generate_command", broken)
+    with pytest.raises(TypeError, match="unsupported operand"):
+        main(["generate", "--checkpoint", "x", "--prompt", "y"])
+
+    def unset(args):
+        raise SetupError("the torchrun environment is half set")
+
+    monkeypatch.setattr(generate_module, "generate_command", unset)
+    assert main(["generate", "--checkpoint", "x", "--prompt", "y"]) == 1
+    assert capsys.readouterr().err == "error: the torchrun environment is half set\n"
+
+
 def test_generate_prints_what_the_library_generates(run):
     sampling = ["--max-new-tokens", 12, "--temperature", 1.5, "--top-k", 20]
     asked = ["generate", "--checkpoint", run, "--prompt", "I had", *sampling]
@@ -350,14 +379,20 @@ def test_tokens_are_printed_one_by_one_as_they_come(run):
 
     out = Recorder()
     ids = tokenizer.encode("It was")
-    printer = TokenPrinter(tokenizer, len(ids), None, out)
-    handle = model.register_forward_pre_hook(printer.hook)
-    row = generate(model, torch.tensor([ids]), 10, 256)[0]
-    handle.remove()
-    printer.finish(row)
+    printer = TokenPrinter(tokenizer, None, out)
+    row = generate(model, torch.tensor([ids]), 10, 256, on_token=printer.add)[0]
+    printer.finish()
     pieces = [w for w in out.writes if w]
     assert len(pieces) >= 5  # one write a token, not one at the end
     assert "".join(out.writes) == tokenizer.decode(row[len(ids) :].tolist()) + "\n"
+    # The same without the cache: generate calls on_token, however it runs the model.
+    out.writes.clear()
+    printer = TokenPrinter(tokenizer, None, out)
+    plain = generate(
+        model, torch.tensor([ids]), 10, 256, use_cache=False, on_token=printer.add
+    )[0]
+    printer.finish()
+    assert torch.equal(plain, row) and len([w for w in out.writes if w]) >= 5
 
 
 def test_generate_from_gpt2_weights_in_the_download_cache(tmp_path):

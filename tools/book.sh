@@ -7,6 +7,10 @@
 #                              strict site build and the site in Chromium (skipped,
 #                              with the reason, without one)
 #   bash tools/book.sh serve   build the site and serve it on http://127.0.0.1:8000
+#   bash tools/book.sh fix     after editing a chapter: regenerate the library code,
+#                              the notebooks and the figures from the chapters (a
+#                              stale figure is drawn by running its code), then let
+#                              ruff fix and format what it can
 #
 # Extra arguments go to pytest or to `mkdocs serve`. Environment:
 #   PYTHON                  the Python that creates .venv (default: python3, 3.11 or
@@ -100,13 +104,24 @@ case "${1:-}" in
     fi
     .venv/bin/python -m pytest "${parallel[@]}" --durations=15 "$@"
     ;;
+  fix)
+    shift
+    setup
+    echo "== library code, notebooks and figures from the chapters"
+    .venv/bin/python tools/tangle.py
+    .venv/bin/python tools/notebooks.py
+    .venv/bin/python tools/figures.py
+    echo "== ruff: fixes and formatting"
+    .venv/bin/ruff check --fix --quiet src tools tests bench conftest.py
+    .venv/bin/ruff format --quiet src tools tests bench conftest.py
+    ;;
   serve)
     shift
     setup || echo "warning: setup incomplete; serving the book anyway" >&2
     .venv/bin/mkdocs serve -a 127.0.0.1:8000 "$@"
     ;;
   *)
-    echo "usage: bash tools/book.sh test|serve [arguments for pytest or mkdocs serve]" >&2
+    echo "usage: bash tools/book.sh test|fix|serve [arguments for pytest or mkdocs serve]" >&2
     exit 2
     ;;
 esac

@@ -76,19 +76,27 @@ def nav_chapters(root: Path) -> list[Path]:
 
 
 def check_target(target: str, where: str) -> str:
-    """Reject targets outside the package, or that are not Python modules."""
+    """Reject targets outside the package (or one subpackage deep), or that are
+    not Python modules."""
     path = Path(target)
-    if (
-        path.is_absolute()
-        or ".." in path.parts
-        or path.parent.as_posix() != PACKAGE_DIR
-        or path.suffix != ".py"
-    ):
+    parent = path.parent.as_posix()
+    inside = parent == PACKAGE_DIR or (
+        path.parent.parent.as_posix() == PACKAGE_DIR and path.parent.name.isidentifier()
+    )
+    if path.is_absolute() or ".." in path.parts or not inside or path.suffix != ".py":
         raise TangleError(
             f"{where}: tangle target {target!r} is outside the package; "
             f"use a module path like '{PACKAGE_DIR}/NAME.py'"
         )
     return path.as_posix()
+
+
+def module_name(target: str) -> str:
+    """The import name of a target: src/llmbook/cli/__init__.py is llmbook.cli."""
+    parts = list(Path(target).with_suffix("").parts[1:])  # without "src"
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
 
 
 def extract_blocks(chapter: Path, root: Path) -> list[Block]:
@@ -293,7 +301,7 @@ def render(blocks: list[Block]) -> str:
         "# Do not edit it: edit those chapters, then run `python tools/tangle.py`."
     )
     parts = [split_block(block) for block in blocks]
-    own_module = f"{FIRST_PARTY}.{Path(blocks[0].target).stem}"
+    own_module = module_name(blocks[0].target)
     imports = [item for part in parts for item in part.imports]
     head = "\n".join(header) + "\n\n"
     docstring = parts[0].docstring
@@ -346,7 +354,7 @@ def _safe_lines(path: Path) -> list[str]:
 def generated_files(root: Path) -> list[str]:
     """Files under the package that carry the generated header."""
     found = []
-    for path in sorted((root / PACKAGE_DIR).glob("*.py")):
+    for path in sorted((root / PACKAGE_DIR).rglob("*.py")):
         if _safe_lines(path)[:1] == [HEADER_FIRST_LINE]:
             found.append(path.relative_to(root).as_posix())
     return found

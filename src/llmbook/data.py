@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from llmbook.files import atomic_write, file_sha256
+from llmbook.files import SetupError, atomic_write, file_sha256
 from llmbook.tokenizer import gpt2_tokenizer
 
 
@@ -53,7 +53,7 @@ DATA_SOURCES: dict[str, DataSource] = {
 }
 
 
-class DataFileError(RuntimeError):
+class DataFileError(SetupError):
     """A data file that is unknown, missing, unreachable or corrupt."""
 
 

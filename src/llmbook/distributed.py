@@ -13,6 +13,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
+from llmbook.files import SetupError
+
 TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -43,7 +45,7 @@ def torchrun_place(environ=None) -> ProcessPlace | None:
         return None
     missing = [name for name in TORCHRUN_VARIABLES if name not in environ]
     if missing:
-        raise RuntimeError(
+        raise SetupError(
             f"the torchrun environment is half set: {', '.join(present)} set, but "
             f"not {', '.join(missing)}. Start the script with torchrun, or unset "
             "these variables to train in one process"
@@ -53,13 +55,13 @@ def torchrun_place(environ=None) -> ProcessPlace | None:
             int(environ[name]) for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE")
         )
     except ValueError:
-        raise RuntimeError(
+        raise SetupError(
             "RANK, LOCAL_RANK and WORLD_SIZE must be whole numbers, got "
             f"{environ['RANK']!r}, {environ['LOCAL_RANK']!r}, "
             f"{environ['WORLD_SIZE']!r}"
         ) from None
     if world_size < 1 or not 0 <= local_rank <= rank < world_size:
-        raise RuntimeError(
+        raise SetupError(
             f"RANK={rank}, LOCAL_RANK={local_rank}, WORLD_SIZE={world_size} do not "
             "fit together: 0 <= LOCAL_RANK <= RANK < WORLD_SIZE"
         )

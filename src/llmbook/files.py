@@ -55,3 +55,8 @@ def save_json(data, path: str | os.PathLike) -> Path:
     """Write `data` as indented JSON, atomically: the file is whole, or untouched."""
     text = json.dumps(data, indent=2, ensure_ascii=False)  # fails before any write
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+class SetupError(RuntimeError):
+    """The machine is not set up as the library needs: a file, a cache, a server
+    or an environment variable to fix, not a bug in the code."""

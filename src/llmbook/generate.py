@@ -6,6 +6,7 @@
 """From logits to text: greedy decoding (chapter 6) and sampling (chapter 7)."""
 
 import numbers
+from collections.abc import Callable
 
 import torch
 
@@ -73,6 +74,7 @@ def generate(
     eos_id: int | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    on_token: Callable[[torch.Tensor], object] | None = None,
 ) -> torch.Tensor:
     """Extend each row of `idx` (B, T) by up to `max_new_tokens` tokens.
 
@@ -82,6 +84,8 @@ def generate(
     produced `eos_id` (which is kept); finished rows are padded with `eos_id`.
     With `use_cache`, a GPTModel reads each token once, keeping its keys and
     values in a KVCache; the tokens are the same as without (appendix C).
+    `on_token`, if given, is called with each new column of ids (B, 1) as soon
+    as it is chosen, for example to print the text as it comes.
     """
     if not 0 <= temperature < float("inf"):  # also refuses NaN
         raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
@@ -91,15 +95,15 @@ def generate(
     cache = None
     if use_cache and isinstance(model, GPTModel):
         cache = KVCache(model, batch_size=idx.shape[0], capacity=context_size)
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         if cache is not None:  # only the tokens the cache has not read yet
             logits = cache.feed(idx)[:, -1, :]  # (B, vocab_size)
         else:
             logits = model(idx[:, -context_size:])[:, -1, :]  # (B, vocab_size)
-        vocab_size = logits.shape[-1]
-        if top_k is not None and not 1 <= top_k <= vocab_size:
+        vocab_size = logits.shape[-1]  # checked once, when the model has answered
+        if step == 0 and top_k is not None and not 1 <= top_k <= vocab_size:
             raise ValueError(f"top_k must be between 1 and {vocab_size}, got {top_k}")
-        if eos_id is not None and not 0 <= eos_id < vocab_size:
+        if step == 0 and eos_id is not None and not 0 <= eos_id < vocab_size:
             raise ValueError(f"eos_id must be an id below {vocab_size}, got {eos_id}")
         nonfinite |= logits.isnan().any()  # read once, at the end: no sync per token
         if top_k is not None:  # keep exactly k logits, even when some are tied
@@ -119,6 +123,8 @@ def generate(
             next_id = next_id.masked_fill(finished.unsqueeze(1), eos_id)
             finished |= next_id.squeeze(1) == eos_id
         idx = torch.cat([idx, next_id], dim=1)  # (B, T + 1)
+        if on_token is not None:
+            on_token(next_id)
         if eos_id is not None and finished.all():
             break
     if nonfinite:

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from llmbook.data import data_file
+from llmbook.files import SetupError
 from llmbook.generate import generate
 from llmbook.model import eval_mode
 from llmbook.tokenizer import gpt2_tokenizer
@@ -304,7 +305,7 @@ def ask_judge(
         with urllib.request.urlopen(request, timeout=timeout) as response:
             reply = json.loads(response.read().decode("utf-8"))
     except urllib.error.HTTPError as exc:
-        raise RuntimeError(
+        raise SetupError(
             f"the judge at {url} answered {exc.code} {exc.reason} for model {model!r}"
         ) from exc
     except (urllib.error.URLError, OSError) as exc:
@@ -318,7 +319,7 @@ def ask_judge(
     try:
         return str(read_answer(reply))
     except (KeyError, IndexError, TypeError) as exc:
-        raise RuntimeError(
+        raise SetupError(
             f"the judge at {url} sent a reply without an answer: {str(reply)[:200]}"
         ) from exc
 

@@ -11,6 +11,8 @@ from collections.abc import Iterable
 
 import tiktoken
 
+from llmbook.files import SetupError
+
 # A double dash, any other single punctuation character, the underscore, or whitespace.
 SPLIT_PATTERN = re.compile(r"(--|[^\w\s]|_|\s)")
 UNKNOWN = "<|unk|>"
@@ -159,7 +161,7 @@ def gpt2_tokenizer() -> tiktoken.Encoding:
     try:
         return tiktoken.get_encoding("gpt2")
     except Exception as exc:  # tiktoken raises whatever its download raised
-        raise RuntimeError(
+        raise SetupError(
             "could not load GPT-2's BPE files for tiktoken "
             f"({type(exc).__name__}: {exc}). tiktoken downloads them once and caches "
             "them; without network access, set TIKTOKEN_CACHE_DIR to a folder that "
