@@ -7,15 +7,12 @@ same code (and library), where `python tools/figures.py` finds it instead of
 training again when a figure's code has changed.
 """
 
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "tools"))
-
-import figures  # noqa: E402  (tools/ is not a package)
+from tools import figures  # the repository's root is on sys.path: this file is in it
 
 
 def _figure_block(item: pytest.Item) -> figures.FigureBlock | None:

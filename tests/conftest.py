@@ -1,12 +1,6 @@
-"""Shared test setup: the dependency-free scripts in tools/ become importable, and
-the story that several test modules read is one fixture."""
-
-import sys
-from pathlib import Path
+"""Shared test setup: the story that several test modules read is one fixture."""
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 
 pytest_plugins = ["pytester"]
 

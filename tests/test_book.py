@@ -12,9 +12,7 @@ import pytest
 import pytest_codeblocks
 import torch
 
-import figures
-import mkdocs_hooks
-import tangle
+from tools import figures, mkdocs_hooks, tangle
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = tangle.nav_chapters(ROOT)
@@ -333,7 +331,7 @@ def test_comments_and_docstrings_leave_every_figure_key(tmp_path, monkeypatch):
 def test_the_snippet_run_caches_the_figure_the_site_shows(pytester, monkeypatch):
     cache = pytester.path / "cache"
     monkeypatch.setenv("LLMBOOK_FIGURE_CACHE", str(cache))
-    monkeypatch.setenv("PYTHONPATH", str(ROOT / "tools"))
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # for `from tools import figures`
     pytester.makeconftest((ROOT / "conftest.py").read_text())
     result = run_codeblocks(pytester, FIGURE_PAGE)
     result.assert_outcomes(passed=2)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import notebooks
+from tools import notebooks
 
 ROOT = Path(__file__).resolve().parent.parent
 

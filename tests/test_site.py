@@ -26,8 +26,7 @@ from urllib.parse import urljoin, urlparse
 
 import pytest
 
-import figures
-import tangle
+from tools import figures, tangle
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = tangle.nav_chapters(ROOT)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import tangle
+from tools import tangle
 
 ROOT = Path(__file__).resolve().parent.parent
 

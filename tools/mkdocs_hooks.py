@@ -19,10 +19,13 @@
 from __future__ import annotations
 
 import html
+import importlib
+import importlib.util
 import logging
 import re
 import sys
 from pathlib import Path
+from types import ModuleType
 
 from mkdocs.structure.files import File, Files
 
@@ -48,11 +51,28 @@ MATH = re.compile(
 )
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT / "tools") not in sys.path:  # MkDocs loads this file alone, and only
-    sys.path.insert(0, str(ROOT / "tools"))  # while it does can it import a neighbour
 
-import figures  # noqa: E402
-import notebooks  # noqa: E402
+
+def _neighbour(name: str) -> ModuleType:
+    """tools/NAME.py as the module `tools.NAME`. MkDocs loads this file by its path,
+    and the repository's root is on sys.path only when MkDocs was started from it
+    with `python -m mkdocs`; otherwise the module is loaded from its file."""
+    try:
+        return importlib.import_module(f"tools.{name}")
+    except ModuleNotFoundError:
+        pass
+    spec = importlib.util.spec_from_file_location(
+        f"tools.{name}", Path(__file__).with_name(f"{name}.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+figures = _neighbour("figures")
+notebooks = _neighbour("notebooks")
 
 
 def _titled(match: re.Match, title: str, css_class: str = "") -> str:

@@ -188,16 +188,12 @@ class LayerCache:
         self.keys: torch.Tensor | None = None  # allocated by the first append
         self.values: torch.Tensor | None = None
 
-    def append(
-        self, keys: torch.Tensor, values: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store the new tokens' keys and values (B, H, T, hd); return all so far,
-        (B, H, length, hd) each."""
-        b, heads, num_tokens, head_dim = keys.shape
-        if b != self.batch_size:
+    def check(self, batch_size: int, num_tokens: int) -> None:
+        """Raise unless `num_tokens` more tokens of a batch of `batch_size` fit."""
+        if batch_size != self.batch_size:
             raise ValueError(
-                f"this cache holds batches of {self.batch_size} rows, got {b}; "
-                "make a cache for each batch size"
+                f"this cache holds batches of {self.batch_size} rows, got "
+                f"{batch_size}; make a cache for each batch size"
             )
         if self.length + num_tokens > self.capacity:
             raise ValueError(
@@ -205,6 +201,14 @@ class LayerCache:
                 f"no room for {num_tokens} more; reset it and feed the last "
                 f"{self.capacity} tokens again"
             )
+
+    def append(
+        self, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the new tokens' keys and values (B, H, T, hd); return all so far,
+        (B, H, length, hd) each."""
+        b, heads, num_tokens, head_dim = keys.shape
+        self.check(b, num_tokens)
         if self.keys is None or self.values is None:
             shape = (b, heads, self.capacity, head_dim)  # (B, H, capacity, hd)
             self.keys, self.values = keys.new_empty(shape), values.new_empty(shape)

@@ -288,17 +288,7 @@ class KVCache:
                 "this cache holds another model's keys and values; make one for "
                 "this model: KVCache(model, batch_size)"
             )
-        if idx.shape[0] != self.batch_size:
-            raise ValueError(
-                f"this cache holds batches of {self.batch_size} rows, got "
-                f"{idx.shape[0]}; make a cache for each batch size"
-            )
-        if self.length + idx.shape[1] > self.capacity:
-            raise ValueError(
-                f"the cache holds {self.length} of {self.capacity} positions, with "
-                f"no room for {idx.shape[1]} more; reset it and feed the last "
-                f"{self.capacity} tokens again"
-            )
+        self.layers[0].check(*idx.shape)  # before any layer computes anything
 
     def feed(self, idx: torch.Tensor) -> torch.Tensor:
         """Logits (B, T', vocab_size) of the tokens of `idx` (B, S) not read yet.
