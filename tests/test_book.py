@@ -12,7 +12,7 @@ import pytest
 import pytest_codeblocks
 import torch
 
-from tools import figures, mkdocs_hooks, tangle
+from tools import conventions, figures, mkdocs_hooks, tangle
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = tangle.nav_chapters(ROOT)
@@ -185,22 +185,33 @@ def test_every_reference_is_cited_and_links_to_a_copy():
 def test_every_python_fence_runs(chapter):
     """pytest-codeblocks runs only fences whose info string is exactly `python`."""
     bad = [
-        f"{chapter.name}:{number}: {line.strip()}"
-        for number, line in enumerate(chapter.read_text().splitlines(), 1)
-        if re.match(r"\s*```+\s*\{?\.?py(thon)?\b", line)
-        and line.strip().lstrip("`") != "python"
+        f"{chapter.name}:{block.line}: {block.ticks}{block.info}"
+        for block in conventions.blocks(chapter.read_text())
+        if re.match(r"\s*\{?\.?py(thon)?\b", block.info)
+        and block.info.strip() != "python"
     ]
     assert bad == []
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.name)
 def test_gpu_marks_never_sit_above_a_continued_block(chapter):
-    lines = [line.strip() for line in chapter.read_text().splitlines()]
-    for number, line in enumerate(lines):
-        if "pytest.mark.skipif" in line:
-            following = lines[number + 1 : number + 3]
-            assert "<!--pytest-codeblocks:cont-->" not in following, number + 1
-            assert following[0] == "```python", f"{chapter.name}:{number + 1}"
+    """A skip mark (GPU, weights, judge) sits directly above the ```python fence
+    it skips, and a skipped block continues no other."""
+    text = chapter.read_text()
+    skipped = [
+        block
+        for block in conventions.blocks(text)
+        if any(m.body.startswith("pytest.mark.skipif") for m in block.markers)
+    ]
+    for block in skipped:
+        where = f"{chapter.name}:{block.line}"
+        assert not block.marked("pytest-codeblocks:cont"), where
+        assert block.info.strip() == "python", where
+        assert block.nearest is not None, where
+        assert block.nearest.body.startswith("pytest.mark.skipif"), where
+        assert block.nearest.line == block.line - 1, where
+    marks = [m for m in conventions.markers(text) if m.body.startswith("pytest.mark")]
+    assert len(marks) == len(skipped), chapter.name  # none is left without a fence
 
 
 def test_hook_titles_tangled_blocks_outputs_and_gpu_cells():

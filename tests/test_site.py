@@ -63,9 +63,9 @@ def test_site_builds_strictly_without_warnings(site):
     built = [p.relative_to(site).as_posix() for p in site.rglob("*")]
     assert "02-tokenization/index.html" in built
     drawn = [
-        match["path"]
+        block.path
         for chapter in CHAPTERS
-        for match in figures.FIGURE.finditer(chapter.read_text())
+        for block in figures.page_figures(chapter.read_text())
     ]
     assert len(drawn) >= 3
     for figure in drawn:  # drawn by the code on the page, committed in docs/figures

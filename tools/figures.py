@@ -34,14 +34,13 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
+try:
+    from tools import conventions
+except ImportError:  # run as a script, `python tools/figures.py`: tools/ is on the path
+    import conventions  # type: ignore[no-redef, import-not-found]
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-FIGURE = re.compile(
-    r"^[ \t]*<!--\s*figure:\s*(?P<path>\S+?)\s*-->\n"
-    r"(?P<indent>[ \t]*)(?P<ticks>`{3,})python\n"
-    r"(?P<code>.*?)\n(?P=indent)(?P=ticks)\s*$",
-    re.M | re.S,
-)
 # Drawn figures, by key: the snippet tests leave theirs here (see conftest.py).
 FIGURE_CACHE = Path(os.environ.get("LLMBOOK_FIGURE_CACHE", ROOT / ".cache" / "figures"))
 # The line that a committed figure carries after its XML declaration.
@@ -81,21 +80,16 @@ def _figures_of(markdown: str) -> list[FigureBlock]:
     digest = hashlib.sha256()
     modules: set[str] = set()
     blocks = []
-    for match in FIGURE.finditer(markdown):
-        indent = match["indent"]
-        code = "\n".join(
-            line[len(indent) :] if line.startswith(indent) else line
-            for line in match["code"].split("\n")
-        )
-        modules |= set(USES.findall(code))
-        digest.update(f"\0{match['path']}\0{code_shape(code)}".encode())
+    for block in conventions.blocks(markdown):
+        path = block.marker("figure")
+        if path is None or block.language != "python" or block.end is None:
+            continue
+        modules |= set(USES.findall(block.code))
+        digest.update(f"\0{path}\0{code_shape(block.code)}".encode())
         key = digest.copy()
         if modules:
             key.update(_library_fingerprint(modules).encode())
-        fence_line = markdown.count("\n", 0, match.start("indent")) + 1
-        blocks.append(
-            FigureBlock(match["path"], code, fence_line, key.hexdigest()[:20])
-        )
+        blocks.append(FigureBlock(path, block.code, block.line, key.hexdigest()[:20]))
     return blocks
 
 

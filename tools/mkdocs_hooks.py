@@ -31,17 +31,8 @@ from mkdocs.structure.files import File, Files
 
 log = logging.getLogger("mkdocs.hooks.llmbook")
 
-FENCE = r"(?P<indent>[ \t]*)(?P<fence>`{3,}[^\n`]*)\n"
-TANGLE = re.compile(r"^[ \t]*<!--\s*tangle:\s*(?P<path>\S+?)\s*-->\n" + FENCE, re.M)
-OUTPUT = re.compile(
-    r"^[ \t]*<!--\s*pytest-codeblocks:expected-output(?:-ignore-whitespace)?\s*-->"
-    r"\n(?:[ \t]*\n)*" + FENCE,
-    re.M,
-)
-CONT = re.compile(r"^[ \t]*<!--\s*pytest-codeblocks:cont\s*-->\n" + FENCE, re.M)
-GPU = re.compile(
-    r"^[ \t]*<!--\s*pytest\.mark\.skipif\(.*cuda\.is_available\(\).*-->\n" + FENCE, re.M
-)
+GPU_TITLE = "Needs a CUDA GPU (skipped on CPU)"
+CONTINUED = "Continues the code above, in the same session"
 
 # What pymdownx.arithmatex (generic mode) leaves of a formula in the page's HTML.
 MATH = re.compile(
@@ -53,36 +44,70 @@ MATH = re.compile(
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _neighbour(name: str) -> ModuleType:
-    """tools/NAME.py as the module `tools.NAME`. MkDocs loads this file by its path,
-    and the repository's root is on sys.path only when MkDocs was started from it
-    with `python -m mkdocs`; otherwise the module is loaded from its file."""
+def _tools() -> ModuleType:
+    """This folder as the package `tools`. MkDocs loads this file by its path, and
+    the repository's root is on sys.path only when MkDocs was started from it with
+    `python -m mkdocs`; otherwise the package is loaded from its folder."""
+    here = Path(__file__).resolve().parent
     try:
-        return importlib.import_module(f"tools.{name}")
+        package = importlib.import_module("tools")
+        if Path(package.__file__ or "").resolve().parent == here:
+            return package
     except ModuleNotFoundError:
         pass
     spec = importlib.util.spec_from_file_location(
-        f"tools.{name}", Path(__file__).with_name(f"{name}.py")
+        "tools", here / "__init__.py", submodule_search_locations=[str(here)]
     )
     assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["tools"] = package
+    spec.loader.exec_module(package)
+    return package
 
 
+def _neighbour(name: str) -> ModuleType:
+    """tools/NAME.py, as the module `tools.NAME`."""
+    _tools()
+    return importlib.import_module(f"tools.{name}")
+
+
+conventions = _neighbour("conventions")
 figures = _neighbour("figures")
 notebooks = _neighbour("notebooks")
 
 
-def _titled(match: re.Match, title: str, css_class: str = "") -> str:
-    fence = match["fence"].rstrip()
-    ticks = len(fence) - len(fence.lstrip("`"))
-    info = fence[ticks:].strip() or "text"
-    opening = match["indent"] + "`" * ticks
-    if css_class:  # superfences' attribute form: {.lang .class title="..."}
-        return f'{opening}{{.{info} .{css_class} title="{title}"}}\n'
-    return f'{opening}{info} title="{title}"\n'
+def _title_of(block) -> tuple[str, str] | None:
+    """A fence's title and CSS class, by its markers: the library file a block is
+    tangled into, "Output", a GPU cell's note, or that it continues the code above."""
+    target = block.marker("tangle")
+    if target is not None:
+        return target, ""
+    if block.is_output:
+        return "Output", "output"
+    if block.needs_gpu:
+        return GPU_TITLE, ""
+    if block.marked("pytest-codeblocks:cont"):
+        return CONTINUED, ""
+    return None
+
+
+def titled_fences(markdown: str) -> str:
+    """The page with each marked fence titled (superfences shows the title above
+    the code) and its markers, which have done their work, taken out."""
+    lines = markdown.split("\n")
+    for block in reversed(conventions.blocks(markdown)):
+        titled = _title_of(block)
+        if titled is None:
+            continue
+        title, css_class = titled
+        info = block.info.strip() or "text"
+        opening = block.indent + block.ticks
+        if css_class:  # superfences' attribute form: {.lang .class title="..."}
+            fence = f'{opening}{{.{info} .{css_class} title="{title}"}}'
+        else:
+            fence = f'{opening}{info} title="{title}"'
+        lines[block.markers[0].line - 1 : block.line] = [fence]
+    return "\n".join(lines)
 
 
 def notebook_links(markdown: str, page_path: str) -> str:
@@ -124,13 +149,7 @@ def on_page_markdown(markdown: str, page=None, **kwargs) -> str:
         markdown = notebook_links(markdown, page.file.src_uri)
     table = re.compile(r"^<!--\s*notebook-table\s*-->$", re.M)
     markdown = table.sub(lambda m: notebook_table(), markdown)
-    markdown = TANGLE.sub(lambda m: _titled(m, m["path"]), markdown)
-    markdown = OUTPUT.sub(lambda m: _titled(m, "Output", "output"), markdown)
-    gpu_title = "Needs a CUDA GPU (skipped on CPU)"
-    markdown = GPU.sub(lambda m: _titled(m, gpu_title), markdown)
-    continued = "Continues the code above, in the same session"
-    markdown = CONT.sub(lambda m: _titled(m, continued), markdown)
-    return markdown
+    return titled_fences(markdown)
 
 
 def mathml(tex: str, display: bool = False) -> str:

@@ -33,17 +33,20 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+try:
+    from tools import conventions
+except ImportError:  # run as a script, `python tools/notebooks.py`: tools/ on the path
+    import conventions  # type: ignore[no-redef, import-not-found]
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 OUT_DIR = "docs/notebooks"
 EXERCISES = "exercises.ipynb"
 
-FENCE_OPEN = re.compile(r"^(?P<ticks>`{3,})(?P<info>[^`]*)$")
 ADMONITION = re.compile(
     r"^(?P<indent>[ \t]*)(?:!!!|\?\?\?\+?)\s+(?P<kind>\w+)"
     r'(?:\s+"(?P<title>[^"]*)")?\s*$'
 )
-MARKER = re.compile(r"^<!--\s*(?P<body>.*?)\s*-->\s*$")
 HEADING = re.compile(r"^#{1,6} ")
 # A relative link or image in Markdown: ](target) with no scheme.
 LINK = re.compile(r"\]\((?!https?:|mailto:|#)(?P<target>[^)\s]+)\)")
@@ -160,7 +163,6 @@ def cells_of(markdown: str, where: str) -> list[Cell]:
     lines = flatten(markdown)
     cells: list[Cell] = []
     prose: list[str] = []
-    markers: list[str] = []
     last_code: Cell | None = None
 
     def flush() -> None:
@@ -169,37 +171,33 @@ def cells_of(markdown: str, where: str) -> list[Cell]:
             cells.append(Cell("markdown", _absolute_links(text)))
         prose.clear()
 
+    fences = {
+        block.line - 1: block
+        for block in conventions.blocks("\n".join(line.text for line in lines))
+    }
     i = 0
     while i < len(lines):
         line = lines[i]
-        marker = MARKER.match(line.text)
-        if marker:
-            markers.append(marker["body"])
+        block = fences.get(i)
+        if block is None:
+            if not conventions.MARKER.match(line.text):  # markers go with their fence
+                if HEADING.match(line.text):
+                    flush()
+                if line.text.strip() or prose:
+                    prose.append(line.text)
             i += 1
             continue
-        fence = FENCE_OPEN.match(line.text)
-        if not fence:
-            if HEADING.match(line.text):
-                flush()
-            if line.text.strip() or prose:
-                prose.append(line.text)
-            i += 1
-            continue
-        # A fence: find its end.
-        end = i + 1
-        while end < len(lines) and lines[end].text.rstrip() != fence["ticks"]:
-            end += 1
-        if end == len(lines):
+        if block.end is None:
             raise SystemExit(f"{where}:{i + 1}: a code fence that never closes")
-        body = "\n".join(line.text for line in lines[i + 1 : end])
-        info = fence["info"].strip()
-        if any(m.startswith("pytest-codeblocks:expected-output") for m in markers):
+        end = block.end - 1
+        markers = [marker.body for marker in block.markers]
+        if block.is_output:
             if last_code is None:
                 raise SystemExit(f"{where}:{i + 1}: an output with no code before it")
-            last_code.output = body
-        elif info == "python":
+            last_code.output = block.code
+        elif block.info.strip() == "python":
             flush()
-            source = body
+            source = block.code
             tags = []
             for m in markers:
                 if m.startswith("tangle:"):
@@ -208,10 +206,10 @@ def cells_of(markdown: str, where: str) -> list[Cell]:
                     tags.append("library")
                 elif m.startswith("figure:"):
                     tags.append("figure")
-                elif m.startswith("pytest.mark.skipif") and "cuda" in m:
-                    source = f"{GPU_NOTE}\n{source}"
-                    tags.append("gpu")
-            if "pytest-codeblocks:cont" in markers:
+            if block.needs_gpu:
+                source = f"{GPU_NOTE}\n{source}"
+                tags.append("gpu")
+            if block.marked("pytest-codeblocks:cont"):
                 tags.append("continued")  # prints into the chain's last cell
             solution = line.box == "Solution"
             if solution:
@@ -220,7 +218,6 @@ def cells_of(markdown: str, where: str) -> list[Cell]:
             cells.append(last_code)
         else:  # commands and other text the page shows as it is
             prose.extend(line.text for line in lines[i : end + 1])
-        markers = []
         i = end + 1
     flush()
     return cells
