@@ -1,5 +1,6 @@
 """llmbook.weights: GPT-2 checkpoints vs transformers, layouts, errors, downloads."""
 
+import hashlib
 import http.server
 import threading
 import urllib.error
@@ -156,6 +157,17 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def do_HEAD(self):  # noqa: N802
+        """As Hugging Face answers for a large file: a redirect to its storage that
+        carries the file's SHA-256 in X-Linked-Etag (`sha256` of the class)."""
+        self.send_response(302)
+        self.send_header("Location", self.path + "?stored")
+        if self.sha256 is not None:
+            self.send_header("X-Linked-Etag", f'"{self.sha256}"')
+        self.end_headers()
+
+    sha256: str | None = hashlib.sha256(PAYLOAD).hexdigest()
+
     def log_message(self, *args):
         pass
 
@@ -298,3 +310,56 @@ def test_every_file_save_model_writes_loads_as_gpt2_weights(tmp_path, tie):
     ids = torch.tensor([[1, 2, 3]])
     assert torch.equal(other(ids), model(ids))
     assert (other.out_head.weight is other.tok_emb.weight) == tie
+
+
+def serve(handler):
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True).start()
+    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
+
+
+def test_a_download_must_have_the_checksum_the_server_gives(tmp_path):
+    httpd, base = serve(type("Handler", (RangeHandler,), {}))
+    try:
+        right = hashlib.sha256(PAYLOAD).hexdigest()
+        assert weights.server_sha256(f"{base}/model.safetensors") == right
+        dest = tmp_path / "model.safetensors"
+        download_file(f"{base}/m", dest, progress=False, sha256=right)
+        assert dest.read_bytes() == PAYLOAD
+        wrong = "0" * 64
+        with pytest.raises(OSError, match="SHA-256 is .* not 0000.*was deleted"):
+            download_file(f"{base}/m", tmp_path / "bad", progress=False, sha256=wrong)
+        assert not (tmp_path / "bad").exists()
+        assert not (tmp_path / "bad.part").exists()  # the next try starts afresh
+    finally:
+        httpd.shutdown()
+    silent, base = serve(type("Handler", (RangeHandler,), {"sha256": None}))
+    try:
+        assert weights.server_sha256(f"{base}/model.safetensors") is None
+    finally:
+        silent.shutdown()
+    assert weights.server_sha256("http://127.0.0.1:9/x") is None  # nobody answers
+
+
+def test_download_gpt2_refuses_weights_with_another_checksum(tmp_path, monkeypatch):
+    """The server's checksum decides; without one, GPT-2 small's is in the code."""
+
+    class Liar(RangeHandler):
+        sha256: str | None = "1" * 64
+
+    httpd, base = serve(Liar)
+    monkeypatch.setattr(weights, "HF_URL", base + "/{repo}/{file}")
+    try:
+        with pytest.raises(OSError, match="SHA-256 is .* not 1111"):
+            weights.download_gpt2("gpt2-medium", cache_dir=tmp_path, progress=False)
+        folder = tmp_path / "gpt2-medium"
+        assert (folder / "config.json").is_file()  # small, and parsed when loaded
+        assert not (folder / "model.safetensors").exists()
+        Liar.sha256 = None  # a server that gives none: small's pinned sum applies
+        with pytest.raises(OSError, match="not 248dfc39"):
+            weights.download_gpt2("gpt2-small", cache_dir=tmp_path, progress=False)
+        Liar.sha256 = hashlib.sha256(PAYLOAD).hexdigest()
+        fetched = weights.download_gpt2("gpt2-medium", tmp_path, progress=False)
+        assert (fetched / "model.safetensors").read_bytes() == PAYLOAD
+    finally:
+        httpd.shutdown()

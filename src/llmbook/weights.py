@@ -7,6 +7,7 @@
 import json
 import os
 import pickle
+import re
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -16,6 +17,7 @@ from tqdm.auto import tqdm
 
 from llmbook.checkpoint import problem_report, shape_problems
 from llmbook.data import cache_dir as data_cache_dir
+from llmbook.files import file_sha256
 from llmbook.model import GPTConfig
 
 # Hugging Face GPT-2 name -> our name; "{}" is the block number.
@@ -182,10 +184,39 @@ GPT2_CHECKPOINTS = {
     "gpt2-xl": ("openai-community/gpt2-xl", "6.43 GB"),
 }
 HF_URL = "https://huggingface.co/{repo}/resolve/main/{file}"
+# GPT-2 small's model.safetensors (548,105,171 bytes), for a server that gives none.
+GPT2_SHA256 = {
+    "gpt2-small": "248dfc3911869ec493c76e65bf2fcf7f615828b0254c12b473182f0f81d3a707"
+}
 
 
-def download_file(url: str, dest: Path, progress: bool = True) -> Path:
-    """Fetch `url` to `dest`: resumable (HTTP Range on `dest`.part), then atomic."""
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # the redirect's own headers are the ones wanted
+
+
+def server_sha256(url: str) -> str | None:
+    """The SHA-256 that a Hugging Face server gives for a large file at `url` (the
+    `X-Linked-Etag` of its redirect to the storage), or None if it gives none."""
+    request = urllib.request.Request(url, method="HEAD")
+    try:
+        response = urllib.request.build_opener(_NoRedirect).open(request, timeout=10)
+        headers = response.headers
+        response.close()
+    except urllib.error.HTTPError as exc:  # the redirect itself, 302
+        headers = exc.headers
+    except OSError:
+        return None
+    etag = (headers.get("X-Linked-Etag") or headers.get("ETag") or "").strip()
+    etag = etag.removeprefix("W/").strip('"')
+    return etag if re.fullmatch(r"[0-9a-f]{64}", etag) else None
+
+
+def download_file(
+    url: str, dest: Path, progress: bool = True, sha256: str | None = None
+) -> Path:
+    """Fetch `url` to `dest`: resumable (HTTP Range on `dest`.part), checked
+    against `sha256` if given (a file that differs is deleted), then atomic."""
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
     done = part.stat().st_size if part.exists() else 0
@@ -195,8 +226,7 @@ def download_file(url: str, dest: Path, progress: bool = True) -> Path:
     except urllib.error.HTTPError as exc:
         if exc.code != 416:  # 416: the .part file is already complete
             raise
-        os.replace(part, dest)
-        return dest
+        return _verified(part, dest, url, sha256)
     with response:
         if response.status != 206:  # the server ignored the range: start over
             done = 0
@@ -221,6 +251,17 @@ def download_file(url: str, dest: Path, progress: bool = True) -> Path:
             f"{url}: got {part.stat().st_size} of {total} bytes; run again "
             "to resume the download"
         )
+    return _verified(part, dest, url, sha256)
+
+
+def _verified(part: Path, dest: Path, url: str, sha256: str | None) -> Path:
+    """Give the complete download `part` its name `dest`, if its checksum is right."""
+    if sha256 is not None and (found := file_sha256(part)) != sha256:
+        part.unlink()
+        raise OSError(
+            f"{url}: the download's SHA-256 is {found}, not {sha256}; the damaged "
+            "file was deleted, run again to download it anew"
+        )
     os.replace(part, dest)
     return dest
 
@@ -239,15 +280,19 @@ def gpt2_folder(size: str, cache_dir=None) -> Path:
 def download_gpt2(size: str = "gpt2-small", cache_dir=None, progress=True) -> Path:
     """The folder with `config.json` and `model.safetensors` of an official GPT-2.
 
-    Files already in the cache (see `gpt2_folder`) are not downloaded again.
+    Files already in the cache (see `gpt2_folder`) are not downloaded again; new
+    weights must have the SHA-256 that the server (or GPT2_SHA256) gives.
     """
     folder = gpt2_folder(size, cache_dir)
     repo, _ = GPT2_CHECKPOINTS[size]
     for file in ["config.json", "model.safetensors"]:
         if not (folder / file).is_file():
             url = HF_URL.format(repo=repo, file=file)
+            sha256 = None
+            if file == "model.safetensors":  # config.json is small and parsed anyway
+                sha256 = server_sha256(url) or GPT2_SHA256.get(size)
             try:
-                download_file(url, folder / file, progress)
+                download_file(url, folder / file, progress, sha256)
             except (urllib.error.URLError, OSError) as exc:
                 raise OSError(
                     f"could not download {url} ({exc}). Without network access, put "
