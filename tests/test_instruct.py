@@ -22,8 +22,10 @@ from llmbook.instruct import (
     judge_available,
     load_instruction_splits,
     parse_score,
+    read_entries,
     rouge_l,
     score_responses,
+    split_entries,
 )
 from llmbook.model import GPTConfig, GPTModel
 from llmbook.skills import number_in_words, skill_entry, skill_splits
@@ -359,3 +361,23 @@ def test_skill_splits_hold_out_prompts_and_numbers():
     assert skill_splits(n_train=60, n_val=4, n_test=8, seed=6)[2] != test
     with pytest.raises(ValueError, match="at most 72"):
         skill_splits(n_val=40, n_test=40)
+
+
+def test_a_file_of_entries_is_read_with_checks_and_split_in_order(tmp_path):
+    entries = [{"instruction": f"Say {i}.", "output": str(i)} for i in range(20)]
+    (tmp_path / "ok.json").write_text(json.dumps(entries))
+    assert read_entries(tmp_path / "ok.json") == entries
+    train, val, test = split_entries(entries, 0.85, 0.05)
+    assert (len(train), len(val), len(test)) == (17, 2, 1)
+    assert train + val + test == entries  # in order, nothing lost
+    for name, content, message in [
+        ("a.json", "[1, 2", "a.json: not JSON in UTF-8"),
+        ("b.json", "{}", "b.json: expected a non-empty JSON list"),
+        ("c.json", "[]", "c.json: expected a non-empty JSON list"),
+        ("d.json", '[{"instruction": "x"}]', "d.json: entry 0 has no 'output'"),
+    ]:
+        (tmp_path / name).write_text(content)
+        with pytest.raises(ValueError, match=message):
+            read_entries(tmp_path / name)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        read_entries(tmp_path / "missing.json")

@@ -83,42 +83,50 @@ def load_weights(model, path: str | os.PathLike) -> None:
 
     Files from before masks were left out of the state dict hold them as `.mask`
     tensors: they are ignored."""
-    expected = {k: v.shape for k, v in _state_to_save(model).items()}
     with open_safetensors(path) as f:
-        names = [k for k in list(f.keys()) if not k.endswith(".mask")]
-        found = {k: f.get_slice(k).get_shape() for k in names}
-        problems = shape_problems(expected, found, "the file")
-        saved = json.loads((f.metadata() or {}).get("config", "{}"))
-        if not problems:  # same shapes, yet maybe another architecture
-            problems = [
-                f"{key}={saved[key]!r} in the file, {value!r} in the model"
-                for key, value in vars(model.cfg).items()
-                if key in saved
-                and not key.startswith("drop_rate")
-                and saved[key] != value
-            ]
-        if problems:
-            raise ValueError(
-                problem_report(f"{path} does not fit this model", problems)
-            )
-        state = {k: f.get_tensor(k) for k in expected}
+        _load_open_file(model, f, path)
+
+
+def _load_open_file(model, f, path) -> None:
+    """`load_weights` on a file `f` that safe_open has opened."""
+    expected = {k: v.shape for k, v in _state_to_save(model).items()}
+    names = [k for k in list(f.keys()) if not k.endswith(".mask")]
+    found = {k: f.get_slice(k).get_shape() for k in names}
+    problems = shape_problems(expected, found, "the file")
+    saved = json.loads((f.metadata() or {}).get("config", "{}"))
+    if not problems:  # same shapes, yet maybe another architecture
+        problems = [
+            f"{key}={saved[key]!r} in the file, {value!r} in the model"
+            for key, value in vars(model.cfg).items()
+            if key in saved and not key.startswith("drop_rate") and saved[key] != value
+        ]
+    if problems:
+        raise ValueError(problem_report(f"{path} does not fit this model", problems))
+    state = {k: f.get_tensor(k) for k in expected}
     model.load_state_dict(state, strict="out_head.weight" in expected)
+
+
+def load_model_file(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """The GPTModel stored by save_model and the strings of the file's header
+    (what `metadata` added: a tokenizer's name, say), from one reading of the file."""
+    with open_safetensors(path) as f:
+        metadata = f.metadata() or {}
+        if metadata.get("format") != "llmbook-gpt":
+            raise ValueError(f"{path} was not written by llmbook's save_model")
+        if "num_classes" in metadata:
+            raise ValueError(
+                f"{path} holds a classifier with {metadata['num_classes']} classes: "
+                "load it with llmbook.classify.load_classifier, or label texts with "
+                "the command `llmbook classify`"
+            )
+        model = GPTModel(GPTConfig(**json.loads(metadata["config"])))
+        _load_open_file(model, f, path)
+    return model.to(device), metadata
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """Rebuild the GPTModel stored by save_model (config and weights)."""
-    with open_safetensors(path) as f:
-        metadata = f.metadata() or {}
-    if metadata.get("format") != "llmbook-gpt":
-        raise ValueError(f"{path} was not written by llmbook's save_model")
-    if "num_classes" in metadata:
-        raise ValueError(
-            f"{path} holds a classifier with {metadata['num_classes']} "
-            "classes: load it with llmbook.classify.load_classifier"
-        )
-    model = GPTModel(GPTConfig(**json.loads(metadata["config"])))
-    load_weights(model, path)
-    return model.to(device)
+    return load_model_file(path, device)[0]
 
 
 def _step_of(folder: Path) -> int:

@@ -139,6 +139,12 @@ def data_file(name: str, path: str | os.PathLike | None = None) -> Path:
     return _download(name, source, cached, corrupt=cached.is_file())  # replaces it
 
 
+def is_integer(value) -> bool:
+    """Whether `value` is a whole number (an int, or a NumPy or PyTorch integer),
+    and not a bool; the library's checks of sizes and counts all ask this."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def check_sizes(**sizes) -> None:
     """Raise unless every keyword argument is a positive integer.
 
@@ -148,7 +154,7 @@ def check_sizes(**sizes) -> None:
     TypeError: max_length must be a positive integer, got 4.5
     """
     for name, value in sizes.items():
-        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        if not is_integer(value):
             raise TypeError(f"{name} must be a positive integer, got {value!r}")
         if value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -235,6 +241,16 @@ def create_dataloader(
     )
 
 
+def check_id_dtype(ids: torch.Tensor) -> None:
+    """Raise TypeError unless the ids are integers, the only values that can index
+    a table (the model checks this too, on every input)."""
+    if ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(
+            f"token ids must be integers (torch.long), got {ids.dtype}; convert "
+            "them with ids.long()"
+        )
+
+
 def check_token_ids(ids: torch.Tensor, vocab_size: int) -> None:
     """Raise ValueError, naming the first offender, if an id is outside the vocabulary.
 
@@ -244,11 +260,7 @@ def check_token_ids(ids: torch.Tensor, vocab_size: int) -> None:
     ValueError: token id 9 at index (1, 1) is outside the vocabulary of 5 tokens \
 (ids 0 to 4); was the text encoded with another tokenizer?
     """
-    if ids.dtype not in (torch.int64, torch.int32):
-        raise TypeError(
-            f"token ids must be integers (torch.long), got {ids.dtype}; convert "
-            "them with ids.long()"
-        )
+    check_id_dtype(ids)
     bad = (ids < 0) | (ids >= vocab_size)
     if bad.any():
         where = tuple(int(i) for i in bad.nonzero()[0])

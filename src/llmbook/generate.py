@@ -5,12 +5,11 @@
 
 """From logits to text: greedy decoding (chapter 6) and sampling (chapter 7)."""
 
-import numbers
 from collections.abc import Callable
 
 import torch
 
-from llmbook.data import check_token_ids
+from llmbook.data import check_token_ids, is_integer
 from llmbook.model import GPTModel, KVCache
 
 
@@ -24,7 +23,7 @@ def check_prompt(
         ("max_new_tokens", max_new_tokens),
         ("context_size", context_size),
     ]:
-        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        if not is_integer(value):
             raise TypeError(f"{name} must be an integer, got {value!r}")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")

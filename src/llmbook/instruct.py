@@ -6,10 +6,12 @@
 
 import functools
 import json
+import os
 import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -52,6 +54,37 @@ def check_entries(entries) -> list[dict]:
     return list(entries)
 
 
+def read_entries(path: str | os.PathLike) -> list[dict]:
+    """The entries of a file of your own: a non-empty JSON list of objects with
+    an instruction and an output (and an input if any), checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not JSON in UTF-8 ({error})") from None
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{path}: expected a non-empty JSON list of entries")
+    try:
+        return check_entries(entries)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+
+
+def split_entries(entries, train_frac: float = 0.85, test_frac: float = 0.05):
+    """Cut entries in order into training, validation and test parts; the
+    validation part gets what the other two leave."""
+    n_train = int(train_frac * len(entries))
+    n_test = int(test_frac * len(entries))
+    n_val = len(entries) - n_train - n_test
+    return (
+        entries[:n_train],
+        entries[n_train : n_train + n_val],
+        entries[n_train + n_val :],
+    )
+
+
 def load_instruction_splits(
     path=None, train_frac: float = 0.85, test_frac: float = 0.05
 ):
@@ -63,15 +96,7 @@ def load_instruction_splits(
     (935, 110, 55)
     """
     entries = json.loads(data_file("instruction-data.json", path).read_text("utf-8"))
-    entries = check_entries(entries)
-    n_train = int(train_frac * len(entries))
-    n_test = int(test_frac * len(entries))
-    n_val = len(entries) - n_train - n_test
-    return (
-        entries[:n_train],
-        entries[n_train : n_train + n_val],
-        entries[n_train + n_val :],
-    )
+    return split_entries(check_entries(entries), train_frac, test_frac)
 
 
 class InstructionDataset(Dataset):

@@ -7,7 +7,6 @@
 
 import dataclasses
 import math
-import numbers
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from llmbook.attention import LayerCache, MultiHeadAttention
+from llmbook.data import check_id_dtype, is_integer
 
 
 @dataclass(frozen=True)
@@ -191,11 +191,7 @@ class GPTModel(nn.Module):
             raise ValueError(
                 f"expected token ids of shape (batch, tokens), got {tuple(idx.shape)}"
             )
-        if idx.dtype not in (torch.int64, torch.int32):
-            raise TypeError(
-                f"token ids must be integers (torch.long), got {idx.dtype}; "
-                "convert them with idx.long()"
-            )
+        check_id_dtype(idx)  # chapter 4's: ids of a float type cannot index a table
         num_tokens = idx.shape[1]
         if num_tokens > self.cfg.context_length:
             raise ValueError(
@@ -261,7 +257,7 @@ class KVCache:
         limit = model.cfg.context_length
         capacity = limit if capacity is None else capacity
         for name, value in [("batch_size", batch_size), ("capacity", capacity)]:
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+            if not is_integer(value):
                 raise TypeError(f"{name} must be an integer, got {value!r}")
         if batch_size < 1 or not 1 <= capacity <= limit:
             raise ValueError(

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from llmbook.bpe import BPETokenizer
-from llmbook.checkpoint import latest_checkpoint, load_model, open_safetensors
+from llmbook.checkpoint import latest_checkpoint, load_model_file
 from llmbook.data import encode_text
 from llmbook.distributed import print0
 from llmbook.files import SetupError, atomic_write
@@ -224,11 +224,10 @@ def model_file(checkpoint: str) -> tuple[Path, Path]:
     raise CommandError(f"{checkpoint} holds no model and no checkpoint")
 
 
-def tokenizer_of(weights: Path, folder: Path) -> tuple[Any, str]:
+def tokenizer_of(metadata: dict, folder: Path) -> tuple[Any, str]:
     """The tokenizer a model file was trained with, and its name: from the model
-    file, else from its run's settings, else GPT-2's."""
-    with open_safetensors(weights) as f:
-        spec = (f.metadata() or {}).get("tokenizer")
+    file's `metadata`, else from its run's settings, else GPT-2's."""
+    spec = metadata.get("tokenizer")
     if spec is None and (folder / RUN_FILE).is_file():
         spec = json.loads((folder / RUN_FILE).read_text("utf-8")).get("tokenizer")
     spec = spec or "gpt2"
@@ -244,13 +243,8 @@ def load_base_model(args, device) -> tuple[GPTModel, Any, str]:
         load_gpt2_weights(model, folder)
         return model.to(device), gpt2_tokenizer(), "gpt2"
     weights, folder = model_file(args.checkpoint)
-    with open_safetensors(weights) as f:
-        if "num_classes" in (f.metadata() or {}):
-            raise CommandError(
-                f"{weights} holds a classifier; label texts with llmbook classify"
-            )
-    model = load_model(weights, device)
-    tokenizer, spec = tokenizer_of(weights, folder)
+    model, metadata = load_model_file(weights, device)  # one reading of the file
+    tokenizer, spec = tokenizer_of(metadata, folder)
     if vocabulary_size(tokenizer) > model.cfg.vocab_size:
         raise CommandError(
             f"{weights} reads {model.cfg.vocab_size} token ids, fewer than its "

@@ -5,7 +5,6 @@
 """`llmbook finetune classify|instruct`, `llmbook classify` and `llmbook
 evaluate`: chapters 8 and 9 on the user's own data."""
 
-import json
 import random
 from functools import partial
 from pathlib import Path
@@ -47,11 +46,12 @@ from llmbook.cli.common import (
 from llmbook.fast import configure_optimizer
 from llmbook.files import save_json
 from llmbook.instruct import (
-    check_entries,
     create_instruction_loaders,
     generate_responses,
+    read_entries,
     rouge_l,
     score_responses,
+    split_entries,
 )
 from llmbook.train import TrainingConfig, train_model
 
@@ -212,30 +212,12 @@ def add_finetune_instruct(kinds) -> None:
     p.set_defaults(run=finetune_instruct)
 
 
-def read_entries(path: Path, option: str = "--data") -> list[dict]:
-    """The entries of an instruction file: a JSON list of objects."""
-    if not path.is_file():
-        raise CommandError(f"{option} {path}: no such file")
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CommandError(f"{path}: not JSON in UTF-8 ({error})") from None
-    if not isinstance(entries, list) or not entries:
-        raise CommandError(f"{path}: expected a non-empty JSON list of entries")
-    try:
-        return check_entries(entries)
-    except ValueError as error:
-        raise CommandError(f"{path}: {error}") from None
-
-
 def finetune_instruct(args) -> None:
     out = args.out
     if (out / "model.safetensors").exists():
         raise UsageError(f"{out} holds a model already; choose another --out")
     entries = read_entries(args.data)
-    n_train, n_test = int(0.85 * len(entries)), int(0.05 * len(entries))
-    train, val = entries[:n_train], entries[n_train : len(entries) - n_test]
-    test = entries[len(entries) - n_test :]
+    train, val, test = split_entries(entries, 0.85, 0.05)
     if len(train) < args.batch_size or not val:
         raise CommandError(
             f"{args.data}: {len(entries)} entries are too few for batches of "
@@ -307,7 +289,7 @@ def evaluate_command(args) -> None:
             "give --responses FILE, or a model (--checkpoint or --gpt2) and --data FILE"
         )
     if args.responses is not None:
-        entries = read_entries(args.responses, "--responses")
+        entries = read_entries(args.responses)
         missing = [i for i, e in enumerate(entries) if "model_response" not in e]
         if missing:
             raise CommandError(
