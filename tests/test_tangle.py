@@ -327,6 +327,54 @@ def test_no_module_defines_a_name_twice(module):
     assert sorted(n for n in set(names) if names.count(n) > 1) == []
 
 
+def _library_imports() -> dict[str, set[str]]:
+    """Each library module's name, with the library modules it imports anywhere
+    in its code (in functions too)."""
+    graph = {}
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        parts = path.relative_to(ROOT / "src").with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+        graph[name] = {m for m in found if m.startswith("llmbook.") and m != name}
+    return graph
+
+
+def test_the_library_keeps_its_shape():
+    """DESIGN.md's shape: every module under 500 lines, each command-line module
+    under 400, and no import cycle (a helper imported from a higher module
+    would make one sooner or later)."""
+    sizes = {
+        path.relative_to(ROOT).as_posix(): len(path.read_text().splitlines())
+        for path in (ROOT / "src/llmbook").rglob("*.py")
+    }
+    too_long = {
+        path: n for path, n in sizes.items() if n >= (400 if "/cli/" in path else 500)
+    }
+    assert too_long == {}
+    graph = _library_imports()
+    assert "llmbook.model" in graph and "llmbook.cli.common" in graph
+    done: set[str] = set()
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        assert name not in path, "import cycle: " + " -> ".join((*path, name))
+        if name in done:
+            return
+        for imported in sorted(graph.get(name, ())):
+            visit(imported, (*path, name))
+        done.add(name)
+
+    for name in graph:
+        visit(name, ())
+    # the model knows nothing of files, tokenizers or training: it uses chapter
+    # 5's attention and chapter 4's checks of token ids, nothing else
+    assert graph["llmbook.model"] <= {"llmbook.attention", "llmbook.data"}
+
+
 def test_command_line_check_fails_on_a_copy_with_an_edited_module(tmp_path):
     copy = tmp_path / "repo"
     for part in ["docs", "src", "tools"]:
