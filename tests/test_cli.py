@@ -145,6 +145,7 @@ def test_text_comes_from_files_folders_globs_and_standard_input(tmp_path, monkey
 
 def test_pretraining_writes_model_checkpoints_settings_and_a_loss_plot(run):
     assert sorted(p.name for p in run.iterdir()) == [
+        ".lock",  # held while a command writes the folder
         "checkpoints",
         "history.json",
         "losses.svg",
@@ -157,8 +158,10 @@ def test_pretraining_writes_model_checkpoints_settings_and_a_loss_plot(run):
     history = json.loads((run / "history.json").read_text())
     assert history["steps"] == [3, 6] and history["train_losses"][1] < 6.0
     settings = json.loads((run / "run.json").read_text())
+    assert settings["kind"] == "pretraining" and settings["finished_step"] == 6
     assert settings["tokenizer"] == "tokenizer.json"
     assert settings["settings"]["context_length"] == 256
+    assert settings["model"]["context_length"] == 256
     model = load_model(run / "model.safetensors")
     assert model.cfg.vocab_size == load_tokenizer("tokenizer.json", run).vocab_size
 
@@ -269,7 +272,7 @@ def test_mistakes_end_in_one_line_with_code_2_for_usage_and_1_for_failures(
             1,
             "not a tokenizer that BPETokenizer.save wrote",
         ),
-        (["generate", "--checkpoint", out, "--prompt", "x"], 1, "no such file"),
+        (["generate", "--checkpoint", out / "no", "--prompt", "x"], 1, "no such file"),
         (["generate", "--checkpoint", run, "--prompt", ""], 2, "--prompt is empty"),
         (["generate", "--prompt", "x"], 2, "one of the arguments"),
         (
@@ -287,7 +290,8 @@ def test_mistakes_end_in_one_line_with_code_2_for_usage_and_1_for_failures(
             "no tab after the label",
         ),
         (
-            ["finetune", "instruct", "--data", out, "--checkpoint", run, "--out", out],
+            ["finetune", "instruct", "--data", out / "no"]
+            + ["--checkpoint", run, "--out", out],
             1,
             "no such file",
         ),

@@ -8,14 +8,18 @@ training exactly (chapter 7)."""
 import json
 import os
 import shutil
+import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from llmbook.files import atomic_write, file_sha256
+from llmbook.files import atomic_write, file_sha256, save_json
 from llmbook.model import GPTConfig, GPTModel
 
 
@@ -89,10 +93,23 @@ def load_weights(model, path: str | os.PathLike) -> None:
 
 def _load_open_file(model, f, path) -> None:
     """`load_weights` on a file `f` that safe_open has opened."""
+    expected = _check_open_file(model, f, path)
+    state = {k: f.get_tensor(k) for k in expected}
+    model.load_state_dict(state, strict="out_head.weight" in expected)
+
+
+def _check_open_file(model, f, path) -> dict:
+    """Raise ValueError listing every way the file `f` does not fit `model` (its
+    names, shapes, number types, configuration); return the names to load."""
     expected = {k: v.shape for k, v in _state_to_save(model).items()}
     names = [k for k in list(f.keys()) if not k.endswith(".mask")]
     found = {k: f.get_slice(k).get_shape() for k in names}
     problems = shape_problems(expected, found, "the file")
+    problems += [  # integers would be cast to floats without a word
+        f"{k}: {f.get_slice(k).get_dtype()} numbers in the file, floats in the model"
+        for k in expected
+        if k in found and f.get_slice(k).get_dtype() not in FLOAT_TYPES
+    ]
     saved = json.loads((f.metadata() or {}).get("config", "{}"))
     if not problems:  # same shapes, yet maybe another architecture
         problems = [
@@ -102,8 +119,10 @@ def _load_open_file(model, f, path) -> None:
         ]
     if problems:
         raise ValueError(problem_report(f"{path} does not fit this model", problems))
-    state = {k: f.get_tensor(k) for k in expected}
-    model.load_state_dict(state, strict="out_head.weight" in expected)
+    return expected
+
+
+FLOAT_TYPES = {"F16", "BF16", "F32", "F64"}  # safetensors' names of float types
 
 
 def load_model_file(path: str | os.PathLike, device: str | torch.device = "cpu"):
@@ -119,7 +138,15 @@ def load_model_file(path: str | os.PathLike, device: str | torch.device = "cpu")
                 "load it with llmbook.classify.load_classifier, or label texts with "
                 "the command `llmbook classify`"
             )
-        model = GPTModel(GPTConfig(**json.loads(metadata["config"])))
+        try:
+            cfg = GPTConfig(**json.loads(metadata["config"]))
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(
+                f"{path}: the model configuration in its header is damaged ({error})"
+            ) from None
+        with torch.device("meta"):  # shapes only: nothing allocated yet
+            _check_open_file(GPTModel(cfg), f, path)
+        model = GPTModel(cfg)  # the file fits: now the memory is worth taking
         _load_open_file(model, f, path)
     return model.to(device), metadata
 
@@ -230,3 +257,150 @@ def load_checkpoint(directory, model, optimizer) -> dict:
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
     return {**state, **torch.load(folder / "rng.pt", weights_only=True)}
+
+
+RUN_KINDS = {  # a run folder's kind, and how messages name it
+    "pretraining": "a pretraining run",
+    "classifier": "a classifier",
+    "instruction": "an instruction model",
+}
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be used as asked: it holds another kind of run or
+    files of unknown origin, or another process is writing it."""
+
+
+@dataclass
+class RunFolder:
+    """A folder that holds one run: `manifest` is what its run.json says (empty
+    for a new run); `save_manifest` rewrites it, atomically."""
+
+    path: Path
+    kind: str
+    manifest: dict = field(default_factory=dict)
+
+    def save_manifest(self, **fields) -> None:
+        self.manifest = {**self.manifest, **fields, "kind": self.kind}
+        save_json(self.manifest, self.path / "run.json")
+
+
+def read_manifest(folder: str | os.PathLike) -> dict | None:
+    """What the folder's run.json says, or None where there is none."""
+    path = Path(folder) / "run.json"
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunFolderError(f"{path} is damaged ({error})") from None
+    if not isinstance(manifest, dict):
+        raise RunFolderError(f"{path} is damaged (not a JSON object)")
+    if "kind" not in manifest and manifest.get("command") == "pretrain":
+        manifest["kind"] = "pretraining"  # written before manifests had kinds
+    if manifest.get("kind") not in RUN_KINDS:
+        raise RunFolderError(f"{path} names no kind of run llmbook knows")
+    return manifest
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold the lock of `folder` while the block runs, or raise RunFolderError
+    naming the process that holds it."""
+    lock = folder / ".lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            _lock_file(fd)
+        except OSError:  # held: the file holds the holder's process id
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            raise RunFolderError(
+                f"{folder} is in use by process {holder or '?'}: wait until it ends "
+                "(or stop it), or choose another folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # closing the file releases the lock
+
+
+def _lock_file(fd: int) -> None:
+    """Lock an open file without waiting; OSError if another process holds it."""
+    if sys.platform == "win32":
+        import msvcrt
+
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _holds_work(folder: Path) -> bool:
+    """Whether the folder holds a model or a checkpoint: work a new run would lose."""
+    return (
+        any(folder.glob("*.safetensors"))
+        or latest_checkpoint(folder / "checkpoints") is not None
+    )
+
+
+@contextmanager
+def open_run_folder(
+    path: str | os.PathLike,
+    kind: str,
+    resume: bool = False,
+    lock: bool = True,
+    resume_hint: str = "resume it",
+) -> Iterator[RunFolder]:
+    """Claim the folder `path` for a run of `kind` (see RUN_KINDS) while the block
+    runs, creating it if need be. A new run needs a new or empty folder, or one
+    whose earlier run of the same kind saved nothing; `resume` needs a run of
+    `kind` there (`resume_hint` says how to ask for that). `lock=False` (the other
+    processes of a distributed run) skips the lock and the checks, which the main
+    process makes."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunFolderError(f"{path} is a file, not a folder")
+    if not lock:
+        yield RunFolder(path, kind, read_manifest(path) or {})
+        return
+    if resume and not path.is_dir():
+        raise RunFolderError(f"{path} holds no run to resume: there is no such folder")
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunFolderError(f"cannot create the folder {path}: {error}") from None
+    with _locked(path):
+        manifest = read_manifest(path)
+        if manifest is not None and manifest["kind"] != kind:
+            raise RunFolderError(
+                f"{path} holds {RUN_KINDS[manifest['kind']]}, not {RUN_KINDS[kind]}: "
+                "choose another folder"
+            )
+        if resume and (manifest is None or not _holds_work(path)):
+            raise RunFolderError(f"{path} holds no run to resume")
+        if not resume and manifest is not None and _holds_work(path):
+            raise RunFolderError(
+                f"{path} holds {RUN_KINDS[kind]} already: {resume_hint}, or choose "
+                "another folder"
+            )
+        others = sorted(p.name for p in path.iterdir() if not p.name.startswith("."))
+        if manifest is None and others:
+            listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            raise RunFolderError(
+                f"{path} holds files that no llmbook run wrote ({listed}): choose a "
+                "new or empty folder"
+            )
+        folder = RunFolder(path, kind, manifest if resume and manifest else {})
+        if not resume:
+            folder.save_manifest()  # from now on the folder says what it holds
+        try:
+            yield folder
+        except BaseException:
+            if not resume and not _holds_work(path):  # nothing saved: as it was
+                (path / "run.json").unlink(missing_ok=True)
+                if created:
+                    shutil.rmtree(path, ignore_errors=True)
+            raise

@@ -74,9 +74,12 @@ def schedule_for(config, optimizer, total_steps: int, saved: dict | None):
     if saved is None:
         return wanted
     before = saved.get("schedule")  # None also in checkpoints older than schedules
-    settings_before = before and {k: v for k, v in before.items() if k != "peak_lrs"}
+    # Only a cosine depends on the run's length: a run that warms up and then stays
+    # at its peak may be trained further.
+    ignored = {"peak_lrs"} | (set() if config.cosine_decay else {"total_steps"})
+    settings_before = before and {k: v for k, v in before.items() if k not in ignored}
     settings_now = wanted and {
-        k: v for k, v in asdict(wanted).items() if k != "peak_lrs"
+        k: v for k, v in asdict(wanted).items() if k not in ignored
     }
     if settings_before != settings_now:
         raise ValueError(
@@ -84,4 +87,6 @@ def schedule_for(config, optimizer, total_steps: int, saved: dict | None):
             f"{settings_before}, and this run asks for {settings_now}; resume with "
             "the settings (and num_epochs, max_steps) it was saved with"
         )
-    return None if before is None else LearningRateSchedule(**before)
+    if before is None:
+        return None
+    return LearningRateSchedule(**before | {"total_steps": total_steps})

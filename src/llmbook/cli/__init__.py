@@ -22,13 +22,9 @@ from llmbook.cli.common import (
     needs_command,
     one_line,
 )
-from llmbook.cli.finetune import (
-    add_classify,
-    add_evaluate,
-    add_finetune_classify,
-    add_finetune_instruct,
-)
+from llmbook.cli.finetune import add_classify, add_finetune_classify
 from llmbook.cli.generate import add_generate
+from llmbook.cli.instruct import add_evaluate, add_finetune_instruct
 from llmbook.cli.pretrain import add_pretrain
 
 

@@ -7,15 +7,24 @@ the texts, tokenizers, models and run folders it reads and writes."""
 
 import argparse
 import glob
-import json
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from llmbook.bpe import BPETokenizer
-from llmbook.checkpoint import latest_checkpoint, load_model_file
+from llmbook.checkpoint import (
+    RunFolder,
+    RunFolderError,
+    latest_checkpoint,
+    load_model_file,
+    open_run_folder,
+    read_manifest,
+)
 from llmbook.data import encode_text
 from llmbook.distributed import print0
 from llmbook.files import SetupError, atomic_write
@@ -200,7 +209,49 @@ def end_of_text(tokenizer) -> int:
     return ids[0]
 
 
-RUN_FILE = "run.json"  # a run's settings, beside its checkpoints and model
+RUN_FILE = "run.json"  # a run's manifest: its kind, settings and data
+
+
+@contextmanager
+def claim_out(args, kind: str) -> Iterator[RunFolder]:
+    """`--out` as chapter 7's run folder of `kind`, claimed before any work: a
+    folder of another command's, a file, or one in use is refused here, not
+    after training. Under torchrun the first process claims it for all."""
+    first = os.environ.get("RANK", "0") == "0"
+    resume = getattr(args, "resume", False)
+    hint = "add --resume to continue it"
+    with ExitStack() as stack:
+        try:
+            folder = open_run_folder(args.out, kind, resume, first, resume_hint=hint)
+            run = stack.enter_context(folder)
+        except RunFolderError as error:  # a folder to choose again: usage (exit 2)
+            raise UsageError(f"--out {error}") from None
+        yield run
+
+
+def settings_of(args, defaults: dict, saved: dict | None) -> dict:
+    """The values of the options in `defaults` (which default to None): those
+    given, else the defaults; on --resume the run's `saved` ones, where an option
+    given with another value is refused."""
+    if saved is not None and not isinstance(saved.get("settings"), dict):
+        raise CommandError(f"{args.out / RUN_FILE} is damaged: it has no settings")
+    settings = {}
+    for name, default in defaults.items():
+        given = getattr(args, name)
+        if saved is None:
+            settings[name] = default if given is None else given
+            continue
+        if name not in saved["settings"]:
+            raise CommandError(f"{args.out / RUN_FILE} is damaged: no setting {name}")
+        before = saved["settings"][name]
+        if given is not None and given != before:
+            option = "--" + name.replace("_", "-")
+            raise UsageError(
+                f"--resume: the run has {option} {before}, this command {given}; "
+                "leave the option out to keep the run's"
+            )
+        settings[name] = before
+    return settings
 
 
 def model_file(checkpoint: str) -> tuple[Path, Path]:
@@ -227,9 +278,7 @@ def model_file(checkpoint: str) -> tuple[Path, Path]:
 def tokenizer_of(metadata: dict, folder: Path) -> tuple[Any, str]:
     """The tokenizer a model file was trained with, and its name: from the model
     file's `metadata`, else from its run's settings, else GPT-2's."""
-    spec = metadata.get("tokenizer")
-    if spec is None and (folder / RUN_FILE).is_file():
-        spec = json.loads((folder / RUN_FILE).read_text("utf-8")).get("tokenizer")
+    spec = metadata.get("tokenizer") or (read_manifest(folder) or {}).get("tokenizer")
     spec = spec or "gpt2"
     return load_tokenizer(spec, folder), spec
 

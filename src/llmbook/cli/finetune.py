@@ -2,16 +2,17 @@
 #   docs/using-the-library.md
 # Do not edit it: edit those chapters, then run `python tools/tangle.py`.
 
-"""`llmbook finetune classify|instruct`, `llmbook classify` and `llmbook
-evaluate`: chapters 8 and 9 on the user's own data."""
+"""`llmbook finetune classify` and `llmbook classify`, and what both kinds of
+finetuning share: chapter 8 (and 9) on the user's own data, resumable."""
 
 import random
+from argparse import Namespace
 from functools import partial
 from pathlib import Path
 
 import torch
 
-from llmbook.checkpoint import save_model
+from llmbook.checkpoint import latest_checkpoint
 from llmbook.classify import (
     add_classification_head,
     balance_classes,
@@ -28,12 +29,14 @@ from llmbook.classify import (
 from llmbook.cli.common import (
     COUNT,
     RATE,
+    RUN_FILE,
     CommandError,
     Parser,
     UsageError,
     add_command,
     add_device_option,
     add_model_options,
+    claim_out,
     end_of_text,
     finish_training,
     keep_tokenizer,
@@ -42,18 +45,19 @@ from llmbook.cli.common import (
     model_file,
     number,
     pick_device,
+    settings_of,
 )
 from llmbook.fast import configure_optimizer
-from llmbook.files import save_json
-from llmbook.instruct import (
-    create_instruction_loaders,
-    generate_responses,
-    read_entries,
-    rouge_l,
-    score_responses,
-    split_entries,
-)
+from llmbook.files import file_sha256, save_json
 from llmbook.train import TrainingConfig, train_model
+
+# The settings of a finetuning run, with the values their options' None stands for
+# (so that --resume can tell an option given from one left out); each kind adds its
+# own, and its number of epochs.
+FINETUNE = {"batch_size": 8, "lr": 5e-5, "eval_freq": 50, "seed": 123}
+FINETUNE |= {"checkpoint_every": 50}
+CLASSIFY = FINETUNE | {"epochs": 5, "trainable_blocks": 1, "max_length": None}
+CLASSIFY |= {"balance": False}
 
 
 def add_finetune_classify(kinds) -> None:
@@ -63,97 +67,167 @@ def add_finetune_classify(kinds) -> None:
         "finetune a model into a classifier of labelled texts (chapter 8)",
         "llmbook finetune classify --data sms.tsv --checkpoint run --out spam",
     )
-    add_finetune_options(
-        p, "a .tsv (label TAB text per line) or .csv (columns text and label)", 5
+    shown = add_finetune_options(
+        p, "a .tsv (label TAB text per line) or .csv (columns text and label)"
     )
-    p.add_argument(
+    shown["trainable_blocks"] = p.add_argument(
         "--trainable-blocks",
         type=number(int, 0),
-        default=1,
         help="last transformer blocks trained besides the new head",
     )
-    p.add_argument("--max-length", type=COUNT, help="tokens a text (default: longest)")
-    p.add_argument("--balance", action="store_true", help="as many texts per label")
+    shown["max_length"] = p.add_argument(
+        "--max-length", type=COUNT, help="tokens a text (default: longest)"
+    )
+    shown["balance"] = p.add_argument(
+        "--balance", action="store_true", default=None, help="as many texts per label"
+    )
+    for name, action in shown.items():
+        action.shown = CLASSIFY[name]
     p.set_defaults(run=finetune_classify)
 
 
-def add_finetune_options(p: Parser, data: str, epochs: int) -> None:
-    """The options that both kinds of finetuning take."""
-    p.add_argument("--data", type=Path, required=True, metavar="FILE", help=data)
-    add_model_options(p)
+def add_finetune_options(p: Parser, data: str) -> dict:
+    """The options that both kinds of finetuning take; returns those whose
+    defaults --help shows from the kind's table."""
+    p.add_argument("--data", type=Path, metavar="FILE", help=data)
+    add_model_options(p, required=False)
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="results")
-    p.add_argument("--epochs", type=COUNT, default=epochs, help="passes over the data")
-    p.add_argument("--batch-size", type=COUNT, default=8, help="examples a step")
-    p.add_argument("--lr", type=RATE, default=5e-5, help="AdamW's learning rate")
-    p.add_argument("--eval-freq", type=COUNT, default=50, help="steps between losses")
-    p.add_argument("--seed", type=int, default=123, help="for the order of examples")
+    shown = {}
+    shown["epochs"] = p.add_argument(
+        "--epochs", type=COUNT, help="passes over the data"
+    )
+    shown["batch_size"] = p.add_argument(
+        "--batch-size", type=COUNT, help="examples a step"
+    )
+    shown["lr"] = p.add_argument("--lr", type=RATE, help="AdamW's learning rate")
+    shown["eval_freq"] = p.add_argument(
+        "--eval-freq", type=COUNT, help="steps between losses"
+    )
+    shown["seed"] = p.add_argument("--seed", type=int, help="for the order of examples")
+    shown["checkpoint_every"] = p.add_argument(
+        "--checkpoint-every", type=COUNT, metavar="N", help="steps"
+    )
     add_device_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    return shown
 
 
-def finetune(args, model, train_loader, val_loader, device, loss_fn=None):
-    """Chapter 8's and 9's training: AdamW on the parameters that train."""
-    optimizer = configure_optimizer(model, lr=args.lr)
+def finetune_inputs(args, run, defaults: dict) -> tuple[dict, dict]:
+    """The settings, and the data file and base model, of a finetuning run: those
+    given, or on --resume the run's, where a changed value or file is refused."""
+    saved = run.manifest if args.resume else None
+    settings = settings_of(args, defaults, saved)
+    before = (saved or {}).get("inputs", {})
+    data = args.data or (Path(before["data"]) if "data" in before else None)
+    if data is None:
+        raise UsageError("give --data FILE, the examples to finetune on")
+    if not data.is_file():
+        raise CommandError(f"--data {data}: no such file")
+    base = {"checkpoint": args.checkpoint, "gpt2": args.gpt2}
+    if base == {"checkpoint": None, "gpt2": None}:
+        base = before.get("base") or {}
+    if not any(base.values()):
+        raise UsageError("give the model to start from: --checkpoint or --gpt2")
+    if base.get("checkpoint"):
+        base["checkpoint"] = str(Path(base["checkpoint"]).resolve())
+    inputs = {"data": str(data.resolve()), "sha256": file_sha256(data), "base": base}
+    for key, what in [("sha256", "data file"), ("base", "model to start from")]:
+        if saved is not None and before.get(key) != inputs[key]:
+            raise UsageError(
+                f"--resume: the {what} is not the one the run started with "
+                f"({RUN_FILE} in {args.out} names it); resume with the same one"
+            )
+    return settings, inputs
+
+
+def finetune(args, kind, settings, model, loaders, device, loss_fn=None):
+    """Chapter 8's and 9's training, AdamW on the parameters that train, with
+    checkpoints in --out/checkpoints, so that --resume can finish a stopped run
+    of `llmbook finetune KIND`."""
+    optimizer = configure_optimizer(model, lr=settings["lr"])
     config = TrainingConfig(
-        num_epochs=args.epochs,
-        eval_freq=args.eval_freq,
+        num_epochs=settings["epochs"],
+        eval_freq=settings["eval_freq"],
         eval_iter=5,
+        checkpoint_dir=args.out / "checkpoints",
+        checkpoint_every=settings["checkpoint_every"],
         progress=not args.quiet,
     )
-    return train_model(
-        model, train_loader, val_loader, optimizer, device, config, loss_fn=loss_fn
-    )
+    try:
+        train_loader, val_loader = loaders
+        return train_model(
+            model,
+            train_loader,
+            val_loader,
+            optimizer,
+            device,
+            config,
+            loss_fn=loss_fn,
+            resume=args.resume,
+        )
+    except KeyboardInterrupt:
+        if latest_checkpoint(args.out / "checkpoints") is None:
+            raise KeyboardInterrupt(
+                "interrupted before the first checkpoint: nothing was saved, so start "
+                "the run again with the same command"
+            ) from None
+        again = f"llmbook finetune {kind} --out {args.out} --resume"
+        raise KeyboardInterrupt(f"interrupted; continue with: {again}") from None
 
 
 def finetune_classify(args) -> None:
+    with claim_out(args, "classifier") as run:  # refused here, not after training
+        train_classifier(args, run, *finetune_inputs(args, run, CLASSIFY))
+
+
+def train_classifier(args, run, settings: dict, inputs: dict) -> None:
     out = args.out
-    if (out / "classifier.safetensors").exists():
-        raise UsageError(f"{out} holds a classifier already; choose another --out")
-    labelled = read_labelled_texts(args.data)
+    labelled = read_labelled_texts(inputs["data"])
     labels = sorted({label for _, label in labelled})
     examples = [(text, labels.index(label)) for text, label in labelled]
-    if args.balance:
-        examples = balance_classes(examples, seed=args.seed)
+    if settings["balance"]:
+        examples = balance_classes(examples, seed=settings["seed"])
     else:
-        random.Random(args.seed).shuffle(examples)
+        random.Random(settings["seed"]).shuffle(examples)
     splits = split_examples(examples, 0.7, 0.1)
     if not all(splits):
         raise CommandError(
-            f"{args.data}: {len(examples)} texts are too few for training, "
+            f"{inputs['data']}: {len(examples)} texts are too few for training, "
             "validation and test parts (70/10/20%)"
         )
     device = pick_device(args.device)
-    model, tokenizer, spec = load_base_model(args, device)
+    model, tokenizer, spec = load_base_model(Namespace(**inputs["base"]), device)
     pad_id = end_of_text(tokenizer)
     longest = max(len(tokenizer.encode(t, disallowed_special=())) for t, _ in splits[0])
-    max_length = min(args.max_length or longest, model.cfg.context_length)
+    max_length = min(settings["max_length"] or longest, model.cfg.context_length)
+    keep = keep_tokenizer(spec, out)  # the run's own copy of its tokenizer
+    run.save_manifest(settings=settings, inputs=inputs, tokenizer=keep)
     train, val, test = splits
     loaders = create_classification_loaders(
         train,
         val,
         test,
         tokenizer,
-        args.batch_size,
-        args.seed,
+        settings["batch_size"],
+        settings["seed"],
         max_length,
         num_classes=len(labels),
         pad_token_id=pad_id,
     )
-    torch.manual_seed(args.seed)
-    add_classification_head(model, len(labels), args.trainable_blocks)
+    torch.manual_seed(settings["seed"])
+    add_classification_head(model, len(labels), settings["trainable_blocks"])
     model.to(device)
     loss_fn = partial(calc_classification_loss, pad_token_id=pad_id)
-    history = finetune(args, model, loaders[0], loaders[1], device, loss_fn)
-    out.mkdir(parents=True, exist_ok=True)
+    history = finetune(args, "classify", settings, model, loaders[:2], device, loss_fn)
+    saved = out / "classifier.safetensors"  # first: nothing after can lose it
+    save_classifier(model, saved, labels, keep, max_length, pad_id)
     accuracy = {
         name: calc_accuracy_loader(part, model, device, pad_token_id=pad_id)
         for name, part in zip(["training", "validation", "test"], loaders, strict=True)
     }
     print(", ".join(f"{name} accuracy {value:.1%}" for name, value in accuracy.items()))
     save_json(accuracy, out / "accuracy.json")
-    saved = out / "classifier.safetensors"
-    keep = keep_tokenizer(spec, out)
-    save_classifier(model, saved, labels, keep, max_length, pad_id)
     finish_training(history, out, "classifier finetuning", saved)
 
 
@@ -196,132 +270,3 @@ def classify_command(args) -> None:
         )
         note = f" (first {limit} tokens)" if size > limit else ""
         print(f"{settings['labels'][label]}\t{probability:.2f}\t{text}{note}")
-
-
-def add_finetune_instruct(kinds) -> None:
-    p = add_command(
-        kinds,
-        "instruct",
-        "finetune a model to follow instructions (chapter 9)",
-        "llmbook finetune instruct --data tasks.json --gpt2 gpt2-medium --out chat",
-    )
-    data = "a JSON list of {instruction, input, output}; 85/10/5%% train/val/test"
-    add_finetune_options(p, data, 2)
-    p.add_argument("--mask-prompt", action="store_true", help="train on answers only")
-    p.add_argument("--max-new-tokens", type=COUNT, default=256, help="a test answer's")
-    p.set_defaults(run=finetune_instruct)
-
-
-def finetune_instruct(args) -> None:
-    out = args.out
-    if (out / "model.safetensors").exists():
-        raise UsageError(f"{out} holds a model already; choose another --out")
-    entries = read_entries(args.data)
-    train, val, test = split_entries(entries, 0.85, 0.05)
-    if len(train) < args.batch_size or not val:
-        raise CommandError(
-            f"{args.data}: {len(entries)} entries are too few for batches of "
-            f"{args.batch_size} and a validation part (85/10/5%)"
-        )
-    device = pick_device(args.device)
-    model, tokenizer, spec = load_base_model(args, device)
-    eos_id = end_of_text(tokenizer)
-    train_loader, val_loader = create_instruction_loaders(
-        train,
-        val,
-        tokenizer,
-        args.batch_size,
-        args.seed,
-        pad_token_id=eos_id,
-        allowed_max_length=model.cfg.context_length,
-        mask_prompt=args.mask_prompt,
-    )
-    torch.manual_seed(args.seed)
-    history = finetune(args, model, train_loader, val_loader, device)
-    out.mkdir(parents=True, exist_ok=True)
-    metadata = {"tokenizer": keep_tokenizer(spec, out)}
-    saved = out / "model.safetensors"
-    save_model(model, saved, metadata=metadata)
-    finish_training(history, out, "instruction finetuning", saved)
-    if test:
-        answered = generate_responses(
-            model, test, tokenizer, args.max_new_tokens, device, eos_id=eos_id
-        )
-        answers = save_json(answered, out / "test-responses.json")
-        print(
-            f"answered the {len(test)} test instructions in {answers}; score "
-            f"them with: llmbook evaluate --responses {answers}"
-        )
-
-
-def add_evaluate(commands) -> None:
-    p = add_command(
-        commands,
-        "evaluate",
-        "score an instruction model's answers: ROUGE-L, and a judge model if given",
-        "llmbook evaluate --responses chat/test-responses.json --judge-url "
-        "http://localhost:11434",
-    )
-    p.add_argument(
-        "--responses",
-        type=Path,
-        help="entries with a model_response, to score as they are",
-    )
-    add_model_options(p, required=False)
-    p.add_argument(
-        "--data", type=Path, help="entries for --checkpoint or --gpt2 to answer"
-    )
-    p.add_argument("--max-new-tokens", type=COUNT, default=256, help="an answer's")
-    p.add_argument("--judge-url", help="an Ollama or OpenAI-compatible server")
-    p.add_argument("--judge-model", default="llama3", help="the judge's model name")
-    p.add_argument("--judge-api", choices=["ollama", "openai"], default="ollama")
-    p.add_argument("--out", type=Path, help="write the scored entries here (JSON)")
-    add_device_option(p)
-    p.set_defaults(run=evaluate_command)
-
-
-def evaluate_command(args) -> None:
-    model_given = args.checkpoint is not None or args.gpt2 is not None
-    if args.responses is not None and (model_given or args.data is not None):
-        raise UsageError("give --responses alone, or a model with --data, not both")
-    if args.responses is None and not (model_given and args.data is not None):
-        raise UsageError(
-            "give --responses FILE, or a model (--checkpoint or --gpt2) and --data FILE"
-        )
-    if args.responses is not None:
-        entries = read_entries(args.responses)
-        missing = [i for i, e in enumerate(entries) if "model_response" not in e]
-        if missing:
-            raise CommandError(
-                f"{args.responses}: entry {missing[0]} has no model_response"
-            )
-    else:
-        device = pick_device(args.device)
-        model, tokenizer, _ = load_base_model(args, device)
-        entries = generate_responses(
-            model,
-            read_entries(args.data),
-            tokenizer,
-            args.max_new_tokens,
-            device,
-            eos_id=end_of_text(tokenizer),
-        )
-    try:
-        score = rouge_l(entries)
-    except ImportError as error:
-        raise CommandError(str(error)) from None
-    print(f"ROUGE-L: {score:.3f} over {len(entries)} answers")
-    if args.judge_url:
-        judged = score_responses(
-            entries, args.judge_url, args.judge_model, args.judge_api
-        )
-        mean = "no score" if judged.mean is None else f"{judged.mean:.1f}"
-        print(
-            f"judge {args.judge_model}: mean {mean} of 100 "
-            f"({judged.missing} answer(s) without a number)"
-        )
-        for entry, value in zip(entries, judged.scores, strict=True):
-            entry["judge_score"] = value
-    if args.out is not None:
-        save_json(entries, args.out)
-        print(f"wrote {args.out}")

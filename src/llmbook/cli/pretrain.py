@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from llmbook.bpe import BPETokenizer
-from llmbook.checkpoint import latest_checkpoint, save_model
+from llmbook.checkpoint import RunFolder, latest_checkpoint, save_model
 from llmbook.cli.common import (
     COUNT,
     RATE,
@@ -21,17 +21,18 @@ from llmbook.cli.common import (
     UsageError,
     add_command,
     add_device_option,
+    claim_out,
     finish_training,
     load_tokenizer,
     number,
     pick_device,
     read_texts,
+    settings_of,
     vocabulary_size,
 )
 from llmbook.data import create_dataloader
 from llmbook.distributed import device_for, distributed, distributed_loader, print0
 from llmbook.fast import configure_optimizer
-from llmbook.files import save_json
 from llmbook.model import PRESETS, GPTConfig, GPTModel
 from llmbook.train import TrainingConfig, train_model
 
@@ -140,41 +141,39 @@ def add_pretrain(commands) -> None:
     p.set_defaults(run=pretrain)
 
 
-def pretrain_settings(args) -> tuple[dict, dict | None]:
-    """The run's settings and, with --resume, what the run saved."""
-    out, saved = args.out, None
-    if args.resume:
-        if not (out / RUN_FILE).is_file():
-            raise UsageError(f"--resume: {out} holds no run to continue")
-        saved = json.loads((out / RUN_FILE).read_text(encoding="utf-8"))
-        if saved.get("command") != "pretrain":
-            raise UsageError(f"--resume: {out} holds a {saved.get('command')} run")
-    elif (out / RUN_FILE).exists() or latest_checkpoint(out / "checkpoints"):
-        raise UsageError(
-            f"{out} holds a run already: add --resume to continue it, or choose "
-            "another --out"
-        )
-    settings = {}
-    for name, default in PRETRAIN.items():
-        given = getattr(args, name)
-        if saved is None:
-            settings[name] = default if given is None else given
-            continue
-        before = saved["settings"][name]
-        if given is not None and given != before:
-            option = "--" + name.replace("_", "-")
-            raise UsageError(
-                f"--resume: the run has {option} {before}, this command {given}; "
-                "leave the option out to keep the run's"
-            )
-        settings[name] = before
+def pretrain_settings(args, saved: dict | None) -> dict:
+    """The run's settings: on --resume those the run `saved`, except its length
+    when --epochs or --max-steps gives a new one (the two replace both)."""
+    if args.config is not None and args.preset is not None:
+        raise UsageError("give --preset or --config, not both")
+    settings = settings_of(args, PRETRAIN, saved)
+    new_length = args.epochs is not None or args.max_steps is not None
     for name, default in RUN_LENGTH.items():
         given = getattr(args, name)
         before = default if saved is None else saved["settings"].get(name, default)
+        if new_length and name != "checkpoint_every":
+            before = None  # a saved --max-steps must not cap a new --epochs
         settings[name] = before if given is None else given
-    if args.config is not None and args.preset is not None:
-        raise UsageError("give --preset or --config, not both")
-    return settings, saved
+    return settings
+
+
+def run_config(settings: dict, vocab_size: int, saved, config_given: bool) -> GPTConfig:
+    """The model's configuration: on --resume the one the run recorded (a
+    --config file given again but edited since is refused), else from --preset
+    or --config."""
+    if saved is None or "model" not in saved:
+        return model_config(settings, vocab_size)
+    try:
+        cfg = GPTConfig(**saved["model"])
+    except (TypeError, ValueError) as error:
+        damaged = f"run.json: its model configuration is damaged ({error})"
+        raise CommandError(damaged) from None
+    if config_given and model_config(settings, vocab_size) != cfg:
+        raise UsageError(
+            f"--resume: --config {settings['config']} has changed since the run "
+            "started; leave it out, and the run keeps the configuration it recorded"
+        )
+    return cfg
 
 
 def model_config(settings: dict, vocab_size: int) -> GPTConfig:
@@ -204,8 +203,11 @@ def pretraining_data(args, saved: dict | None) -> tuple[str, list[str]]:
     """The text of the run and the names of its files: those given, or on
     --resume the run's own, which must not have changed."""
     sources = args.text
+    data = {} if saved is None else saved.get("data")
+    if not isinstance(data, dict) or (saved is not None and not text_recorded(data)):
+        raise CommandError(f"{args.out / RUN_FILE} is damaged: no record of its text")
     if not sources and saved is not None:
-        sources = saved["data"]["files"]
+        sources = data["files"]
         if "-" in sources:
             raise UsageError("--resume: the run read standard input; give - again")
     if not sources:
@@ -214,7 +216,7 @@ def pretraining_data(args, saved: dict | None) -> tuple[str, list[str]]:
     text = "\n\n".join(part for _, part in texts)
     if not text.strip():
         raise CommandError("the text is empty: there is nothing to train on")
-    if saved is not None and text_sha256(text) != saved["data"]["sha256"]:
+    if saved is not None and text_sha256(text) != data["sha256"]:
         raise CommandError(
             "--resume: the text is not the one the run was trained on; resume with "
             "the same files, or start a new run"
@@ -226,13 +228,22 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def pretraining_tokenizer(settings: dict, train_text: str, out: Path, resuming: bool):
-    """The run's tokenizer and its name; `bpe:N` trains one, once, into `out`."""
+def text_recorded(data: dict) -> bool:
+    """Whether a run's record of its text is whole: its files and checksum."""
+    return isinstance(data.get("files"), list) and isinstance(data.get("sha256"), str)
+
+
+def pretraining_tokenizer(settings: dict, train_text: str, out: Path, saved):
+    """The run's tokenizer and the name the run records: `gpt2`, or the run's own
+    copy, tokenizer.json (`bpe:N` trains one; a file is copied into the run)."""
+    if saved is not None:  # the run's own, whatever the working folder
+        spec = saved.get("tokenizer", settings["tokenizer"])
+        return load_tokenizer(spec, out), spec
     spec = settings["tokenizer"]
-    if not spec.startswith("bpe:"):
+    if spec == "gpt2":
         return load_tokenizer(spec), spec
-    if resuming or (out / "tokenizer.json").is_file():
-        return load_tokenizer("tokenizer.json", out), "tokenizer.json"
+    if not spec.startswith("bpe:"):
+        return load_tokenizer(spec), "tokenizer.json"
     try:
         size = int(spec.removeprefix("bpe:"))
     except ValueError:
@@ -263,8 +274,28 @@ def loaders(text: str, settings: dict, tokenizer):
 
 
 def pretrain(args) -> None:
-    settings, saved = pretrain_settings(args)
-    text, names = pretraining_data(args, saved)
+    with claim_out(args, "pretraining") as run:  # before any work: see chapter 7
+        saved = run.manifest if args.resume else None
+        settings = pretrain_settings(args, saved)
+        text, names = pretraining_data(args, saved)
+        train_run(args, run, settings, text, names, saved)
+
+
+def check_length(out: Path, saved: dict, total: int) -> None:
+    """Refuse to resume a run with a length that ends where it stands already."""
+    latest = latest_checkpoint(out / "checkpoints")
+    at = max(
+        0 if latest is None else int(latest.name.removeprefix("step-")),
+        saved.get("finished_step", 0),
+    )
+    if total <= at:
+        raise UsageError(
+            f"--resume: the run is at step {at} already and this length ends at step "
+            f"{total}; give a larger --max-steps or --epochs to train it further"
+        )
+
+
+def train_run(args, run: RunFolder, settings, text, names, saved) -> None:
     out, resuming = args.out, saved is not None
     split = int((1 - settings["val_share"]) * len(text))
     backend = "gloo" if args.device == "cpu" else None
@@ -273,8 +304,9 @@ def pretrain(args) -> None:
             device = device_for(place) if args.device != "cpu" else torch.device("cpu")
         else:
             device = pick_device(args.device)
-        tokenizer, spec = pretraining_tokenizer(settings, text[:split], out, resuming)
-        cfg = model_config(settings, vocabulary_size(tokenizer))
+        tokenizer, spec = pretraining_tokenizer(settings, text[:split], out, saved)
+        given = args.config is not None
+        cfg = run_config(settings, vocabulary_size(tokenizer), saved, given)
         train_loader, val_loader = loaders(text, settings, tokenizer)
         train_loader = distributed_loader(train_loader, seed=settings["seed"])
         torch.manual_seed(settings["seed"])  # the same weights in every process
@@ -285,6 +317,9 @@ def pretrain(args) -> None:
         epochs, max_steps = settings["epochs"], settings["max_steps"]
         if epochs is None:  # one pass, or as many as max_steps takes
             epochs = 1 if max_steps is None else -(-max_steps // len(train_loader))
+        total = min(epochs * len(train_loader), max_steps or epochs * len(train_loader))
+        if resuming:
+            check_length(out, saved, total)
         config = TrainingConfig(
             num_epochs=epochs,
             max_steps=max_steps,
@@ -299,13 +334,12 @@ def pretrain(args) -> None:
             max_grad_norm=settings["max_grad_norm"],
         )
         if place.is_main:  # on --resume, with the run's new length
-            out.mkdir(parents=True, exist_ok=True)
             if spec == "tokenizer.json" and not resuming:
-                tokenizer.save(out / spec)
+                tokenizer.save(out / spec)  # the run's own copy: the run is whole
             data: dict[str, object] = {"files": names}
             data |= {"sha256": text_sha256(text), "characters": len(text)}
-            record = {"command": "pretrain", "settings": settings, "data": data}
-            save_json(record | {"tokenizer": spec}, out / RUN_FILE)
+            run.save_manifest(settings=settings, data=data, tokenizer=spec)
+        run.save_manifest(model=vars(cfg))  # the configuration, not the --config path
         parameters = sum(p.numel() for p in model.parameters())
         print0(
             f"{'resuming' if resuming else 'training'} a {parameters:,}-parameter "
@@ -323,17 +357,18 @@ def pretrain(args) -> None:
             )
         except KeyboardInterrupt:
             latest = latest_checkpoint(out / "checkpoints")
-            kept = (
-                f"the last checkpoint is {latest.name}"
-                if latest
-                else "no checkpoint yet"
-            )
+            if latest is None:
+                raise KeyboardInterrupt(
+                    "interrupted before the first checkpoint: nothing was saved, so "
+                    "start the run again with the same command"
+                ) from None
             stdin = " -" if "-" in names else ""  # read again: the same text
             again = f"llmbook pretrain{stdin} --out {out} --resume"
-            raise KeyboardInterrupt(
-                f"interrupted: {kept}; continue with: {again}"
-            ) from None
+            kept = f"the last checkpoint is {latest.name}"
+            stop = f"interrupted: {kept}; continue with: {again}"
+            raise KeyboardInterrupt(stop) from None
         if place.is_main:
-            saved = out / "model.safetensors"
-            save_model(model, saved, metadata={"tokenizer": spec})
-            finish_training(history, out, "pretraining", saved)
+            model_path = out / "model.safetensors"
+            save_model(model, model_path, metadata={"tokenizer": spec})
+            run.save_manifest(finished_step=total)
+            finish_training(history, out, "pretraining", model_path)

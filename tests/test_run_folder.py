@@ -1,0 +1,187 @@
+"""Run folders (chapter 7): a manifest that names the kind of run, one writer at a
+time, and nothing of a user's lost or mixed; model files checked before memory is
+taken for them."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from llmbook.checkpoint import (
+    RunFolderError,
+    load_model,
+    open_run_folder,
+    read_manifest,
+    save_model,
+)
+from llmbook.model import GPTConfig, GPTModel
+
+HOLD = textwrap.dedent(
+    """
+    import sys, time
+    from llmbook.checkpoint import open_run_folder
+    with open_run_folder(sys.argv[1], "pretraining"):
+        print("holding", flush=True)
+        time.sleep(60)
+    """
+)
+
+
+def holder(folder) -> subprocess.Popen:
+    """Another process that claims `folder` and keeps it; returns once it holds it."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None and process.stdout.readline() == "holding\n"
+    return process
+
+
+def claim(folder, kind: str, resume: bool = False):
+    """Claim and release the folder at once, as a run that ends at once would."""
+    with open_run_folder(folder, kind, resume) as run:
+        return run
+
+
+def test_a_new_folder_gets_a_manifest_and_a_lock_with_the_pid(tmp_path):
+    folder = tmp_path / "a" / "run"
+    with open_run_folder(folder, "classifier") as run:
+        assert (folder / ".lock").read_text() == f"{os.getpid()}\n"
+        assert read_manifest(folder) == {"kind": "classifier"}
+        run.save_manifest(settings={"lr": 0.1})
+    assert read_manifest(folder) == {"settings": {"lr": 0.1}, "kind": "classifier"}
+
+
+def test_a_folder_another_process_holds_is_refused_with_its_pid(tmp_path):
+    process = holder(tmp_path)
+    try:
+        with pytest.raises(RunFolderError, match=f"in use by process {process.pid}"):
+            claim(tmp_path, "pretraining", resume=True)
+    finally:
+        process.kill()
+        process.wait()
+    # The holder was killed (SIGKILL): the operating system dropped its lock, and
+    # the pid it left in .lock does not block the next run.
+    with open_run_folder(tmp_path, "pretraining"):
+        assert (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
+
+
+def test_within_one_process_a_second_claim_is_refused_too(tmp_path):
+    with open_run_folder(tmp_path, "pretraining"), pytest.raises(RunFolderError):
+        claim(tmp_path, "pretraining")
+
+
+def test_a_lock_file_left_behind_is_no_lock(tmp_path):
+    (tmp_path / ".lock").write_text("999999999\n")  # no such process
+    with open_run_folder(tmp_path, "instruction") as run:
+        assert run.manifest == {"kind": "instruction"}
+
+
+def work(folder) -> None:
+    """Leave what a run leaves that a new run must not overwrite: a model."""
+    save_model(
+        GPTModel(GPTConfig.preset("debug", vocab_size=10)), folder / "m.safetensors"
+    )
+
+
+@pytest.mark.parametrize(
+    "kind, resume, message",
+    [
+        ("classifier", False, "holds a pretraining run, not a classifier"),
+        ("instruction", True, "holds a pretraining run, not an instruction model"),
+        ("pretraining", False, "holds a pretraining run already: resume it"),
+    ],
+)
+def test_a_folder_with_a_run_refuses_another_run(tmp_path, kind, resume, message):
+    with open_run_folder(tmp_path, "pretraining"):
+        work(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(RunFolderError, match=message):
+        claim(tmp_path, kind, resume)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    with open_run_folder(tmp_path, "pretraining", resume=True) as run:
+        assert run.manifest["kind"] == "pretraining"
+
+
+def test_folders_that_cannot_be_run_folders_are_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    unknown = r"files that no llmbook run wrote \(notes"
+    with pytest.raises(RunFolderError, match=unknown):
+        claim(tmp_path, "pretraining")
+    with pytest.raises(RunFolderError, match="is a file, not a folder"):
+        claim(tmp_path / "notes.txt", "pretraining")
+    with pytest.raises(RunFolderError, match="no run to resume: there is no such"):
+        claim(tmp_path / "new", "pretraining", resume=True)
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "run.json").write_text("{not json")
+    with pytest.raises(RunFolderError, match=r"old/run.json is damaged"):
+        claim(tmp_path / "old", "pretraining", resume=True)
+
+
+def test_a_run_that_fails_before_saving_anything_leaves_the_folder_as_it_was(
+    tmp_path,
+):
+    with (
+        pytest.raises(KeyboardInterrupt),
+        open_run_folder(tmp_path / "new", "pretraining"),
+    ):
+        raise KeyboardInterrupt
+    assert not (tmp_path / "new").exists()  # it made the folder: it takes it away
+    with (
+        pytest.raises(ValueError, match="empty"),
+        open_run_folder(tmp_path, "pretraining"),
+    ):
+        raise ValueError("the text is empty")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]
+    with pytest.raises(RunFolderError, match="holds no run to resume"):
+        claim(tmp_path, "pretraining", resume=True)
+    # A run that saved a model keeps its manifest, whatever happens after.
+    with pytest.raises(OSError), open_run_folder(tmp_path, "pretraining"):
+        work(tmp_path)
+        raise OSError("disk full")
+    assert read_manifest(tmp_path) == {"kind": "pretraining"}
+
+
+def test_a_run_of_before_manifests_is_a_pretraining_run(tmp_path):
+    (tmp_path / "run.json").write_text(json.dumps({"command": "pretrain"}))
+    work(tmp_path)
+    with open_run_folder(tmp_path, "pretraining", resume=True) as run:
+        assert run.manifest["kind"] == "pretraining"
+
+
+def test_a_header_that_claims_a_giant_model_is_refused_before_any_memory(tmp_path):
+    small = GPTModel(GPTConfig.preset("debug", vocab_size=10))
+    path = tmp_path / "m.safetensors"
+    save_model(small, path)
+    giant = vars(small.cfg) | {"vocab_size": 10**9}  # 4 TB of embeddings in float32
+    state = {k: v.contiguous() for k, v in small.state_dict().items()}
+    state.pop("out_head.weight", None)
+    save_file(state, str(path), {"format": "llmbook-gpt", "config": json.dumps(giant)})
+    with pytest.raises(ValueError, match=r"tok_emb.weight: \(10, 32\) in the file"):
+        load_model(path)
+
+
+def test_weights_stored_as_integers_are_refused(tmp_path):
+    model = GPTModel(GPTConfig.preset("debug", vocab_size=10))
+    path = tmp_path / "m.safetensors"
+    save_model(model, path)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    state["final_norm.scale"] = state["final_norm.scale"].to(torch.int64)
+    header = {"format": "llmbook-gpt", "config": json.dumps(vars(model.cfg))}
+    save_file(state, str(path), header)
+    with pytest.raises(ValueError, match="final_norm.scale: I64 numbers in the file"):
+        load_model(path)
+
+
+def test_a_holder_stopped_by_ctrl_c_releases_the_folder(tmp_path):
+    process = holder(tmp_path)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) != 0
+    with open_run_folder(tmp_path, "pretraining") as run:
+        assert run.manifest == {"kind": "pretraining"}
