@@ -13,12 +13,14 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from llmbook.bpe import BPETokenizer
 from llmbook.checkpoint import load_model
 from llmbook.classify import (
     add_classification_head,
@@ -613,3 +615,186 @@ def test_finetune_on_instructions_then_evaluate_with_a_judge(tmp_path, run):
     assert "mean 70.0 of 100" in result.stdout
     scored = json.loads((tmp_path / "scored.json").read_text())
     assert [entry["judge_score"] for entry in scored] == [70, 70]
+
+
+def test_two_processes_on_one_out_exactly_one_runs(tmp_path, verdict):
+    """Issue 34: two `pretrain`s on one --out both started, and the folder ended
+    with one run's settings and the other's model."""
+    out = tmp_path / "run"
+    first = subprocess.Popen(
+        [*COMMAND, "pretrain", str(verdict), "--out", str(out), *map(str, TINY)]
+        + ["--context-length", "32", "--max-steps", "100000", "--eval-freq", "1000"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        lock = out / ".lock"
+        deadline = time.monotonic() + 120
+        while not (lock.is_file() and lock.read_text().strip() == str(first.pid)):
+            assert first.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        manifest = (out / "run.json").read_text()
+        for resume in [[], ["--resume"]]:
+            second = command("pretrain", verdict, "--out", out, *TINY, *resume)
+            assert second.returncode == 2
+            assert second.stderr.splitlines() == [
+                f"error: --out {out} is in use by process {first.pid}: wait until it "
+                "ends (or stop it), or choose another folder"
+            ]
+        assert (out / "run.json").read_text() == manifest  # untouched
+        assert first.poll() is None  # the first one goes on
+    finally:
+        first.kill()
+        first.wait()
+
+
+def folder_state(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
+
+
+def test_no_command_writes_into_a_folder_it_did_not_make(tmp_path, run, verdict):
+    """Issue 34: pretrain over an instruction model replaced its model, finetune
+    classify --out RUN replaced a pretraining run's history, and so on."""
+    before = folder_state(run)
+    (tmp_path / "sms.tsv").write_text("ham\tHello there\nspam\tWin now\n" * 10)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    (tmp_path / "file").write_text("a file")
+    start = ["--checkpoint", run, "--device", "cpu", "--quiet"]
+    cases = [
+        (["pretrain", verdict, *TINY, "--out", run], "holds a pretraining run already"),
+        (
+            [
+                "finetune",
+                "classify",
+                "--data",
+                tmp_path / "sms.tsv",
+                *start,
+                "--out",
+                run,
+            ],
+            "holds a pretraining run, not a classifier",
+        ),
+        (
+            ["finetune", "instruct", "--data", verdict, *start, "--out", run],
+            "holds a pretraining run, not an instruction model",
+        ),
+        (
+            ["pretrain", verdict, *TINY, "--out", mine],
+            "files that no llmbook run wrote",
+        ),
+        (["pretrain", verdict, *TINY, "--out", tmp_path / "file"], "is a file"),
+    ]
+    for args, message in cases:
+        result = command(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr and len(result.stderr.splitlines()) == 1
+    assert folder_state(run) == before
+    assert folder_state(mine) == {"notes.txt": b"my notes"}
+    assert (tmp_path / "file").read_text() == "a file"
+
+
+def test_a_run_is_whole_and_resumes_from_anywhere(tmp_path, verdict):
+    """A run copies its tokenizer and records its configuration: generate and
+    --resume work from another folder once the files it started from are gone
+    or changed; a --config given again but edited since is refused."""
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    here.mkdir(), elsewhere.mkdir()
+    tokenizer = BPETokenizer().train(verdict.read_text("utf-8")[:5000], vocab_size=300)
+    tokenizer.save(here / "bpe.json")
+    fields = {"emb_dim": 32, "n_heads": 2, "n_layers": 1, "drop_rate": 0.0}
+    (here / "model.json").write_text(json.dumps(fields))
+    settings = ["--tokenizer", "bpe.json", "--config", "model.json", "--device", "cpu"]
+    settings += ["--quiet", "--context-length", 32, "--checkpoint-every", 2]
+    command("pretrain", verdict, "--out", "run", *settings, "--max-steps", 2, cwd=here)
+    run = here / "run"
+    assert (run / "tokenizer.json").read_bytes() == (here / "bpe.json").read_bytes()
+    (here / "bpe.json").unlink()
+    (here / "model.json").write_text(json.dumps(fields | {"emb_dim": 64}))
+    edited = command(
+        "pretrain",
+        "--out",
+        run,
+        "--resume",
+        "--max-steps",
+        4,
+        "--config",
+        here / "model.json",
+        cwd=elsewhere,
+    )
+    assert edited.returncode == 2 and "model.json has changed" in edited.stderr
+    command(
+        "pretrain", "--out", run, "--resume", "--max-steps", 4, cwd=elsewhere, check=0
+    )
+    assert load_model(run / "model.safetensors").cfg.emb_dim == 32
+    said = command("generate", "--checkpoint", run, "--prompt", "I had", cwd=elsewhere)
+    assert said.returncode == 0 and said.stdout.startswith("I had")
+
+
+def test_the_length_of_a_resumed_run(tmp_path, verdict):
+    """Issue 34: `--resume --max-steps 3` on a run at step 4 re-saved the model, a
+    saved --max-steps capped a new --epochs, and a warmup alone pinned the length."""
+    out = tmp_path / "run"
+    settings = [*TINY, "--context-length", 64, "--warmup-steps", 2]
+    settings += ["--checkpoint-every", 2, "--eval-freq", 2]
+    command("pretrain", verdict, "--out", out, *settings, "--max-steps", 4, check=0)
+    before = folder_state(out)
+    for length in [["--max-steps", 3], ["--max-steps", 4], []]:
+        refused = command("pretrain", "--out", out, "--resume", *length)
+        assert refused.returncode == 2, refused.stderr
+        assert "the run is at step 4 already" in refused.stderr
+    assert folder_state(out) == before
+    longer = command("pretrain", "--out", out, "--resume", "--epochs", 2, check=0)
+    steps_an_epoch = int(longer.stdout.split("; ")[1].split()[0])
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["finished_step"] == 2 * steps_an_epoch > 4
+    assert manifest["settings"]["max_steps"] is None
+
+
+def test_finetuning_checks_every_entry_first_and_resumes_after_ctrl_c(tmp_path, run):
+    entries = json.loads(data_file("instruction-data.json").read_text("utf-8"))[:40]
+    long = dict(entries[0], output="word " * 400)
+    (tmp_path / "long.json").write_text(
+        json.dumps([*entries[:30], long, *entries[30:]])
+    )
+    start = ["--checkpoint", run, "--device", "cpu", "--quiet", "--max-new-tokens", 2]
+    refused = command(
+        "finetune",
+        "instruct",
+        "--data",
+        tmp_path / "long.json",
+        *start,
+        "--out",
+        tmp_path / "chat",
+    )
+    assert refused.returncode == 1
+    assert "long.json: entry 30 has" in refused.stderr
+    assert "more than the 256 the model reads" in refused.stderr
+    assert not (tmp_path / "chat").exists()
+    (tmp_path / "tasks.json").write_text(json.dumps(entries))
+    common = ["--data", tmp_path / "tasks.json", *start, "--epochs", 2]
+    common += ["--checkpoint-every", 2, "--eval-freq", 2]
+    whole = tmp_path / "whole"
+    command("finetune", "instruct", *common, "--out", whole, check=0)
+    cut = tmp_path / "cut"
+    stopped = subprocess.run(
+        [sys.executable, "-c", CTRL_C_AFTER_FIRST_CHECKPOINT, "finetune", "instruct"]
+        + [str(arg) for arg in [*common, "--out", cut]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert stopped.returncode == 130, stopped.stderr
+    hint = f"continue with: llmbook finetune instruct --out {cut} --resume"
+    assert stopped.stderr.rstrip().endswith(hint)
+    assert not (cut / "model.safetensors").exists()
+    lr = command("finetune", "instruct", "--out", cut, "--resume", "--lr", 0.1)
+    assert lr.returncode == 2 and "the run has --lr 5e-05" in lr.stderr
+    command("finetune", "instruct", "--out", cut, "--resume", "--quiet", check=0)
+    a, b = tensors(whole / "model.safetensors"), tensors(cut / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

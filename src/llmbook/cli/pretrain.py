@@ -7,6 +7,7 @@
 import dataclasses
 import hashlib
 import json
+from argparse import Namespace
 from pathlib import Path
 
 import torch
@@ -143,10 +144,21 @@ def add_pretrain(commands) -> None:
 
 def pretrain_settings(args, saved: dict | None) -> dict:
     """The run's settings: on --resume those the run `saved`, except its length
-    when --epochs or --max-steps gives a new one (the two replace both)."""
+    when --epochs or --max-steps gives a new one (the two replace both). Files
+    given again on --resume are compared by what they hold, not by their path."""
     if args.config is not None and args.preset is not None:
         raise UsageError("give --preset or --config, not both")
-    settings = settings_of(args, PRETRAIN, saved)
+    files = {"config": None, "tokenizer": None} if saved is not None else {}
+    settings = settings_of(Namespace(**vars(args) | files), PRETRAIN, saved)
+    if saved is not None and args.tokenizer not in (None, settings["tokenizer"]):
+        copy, given = args.out / "tokenizer.json", Path(args.tokenizer)
+        if not (copy.is_file() and given.is_file()) or (
+            copy.read_bytes() != given.read_bytes()
+        ):
+            raise UsageError(
+                f"--resume: the run has --tokenizer {settings['tokenizer']}, this "
+                f"command {args.tokenizer}; leave the option out to keep the run's"
+            )
     new_length = args.epochs is not None or args.max_steps is not None
     for name, default in RUN_LENGTH.items():
         given = getattr(args, name)
@@ -157,9 +169,9 @@ def pretrain_settings(args, saved: dict | None) -> dict:
     return settings
 
 
-def run_config(settings: dict, vocab_size: int, saved, config_given: bool) -> GPTConfig:
+def run_config(settings: dict, vocab_size: int, saved, given: str | None) -> GPTConfig:
     """The model's configuration: on --resume the one the run recorded (a
-    --config file given again but edited since is refused), else from --preset
+    --config file `given` again but edited since is refused), else from --preset
     or --config."""
     if saved is None or "model" not in saved:
         return model_config(settings, vocab_size)
@@ -168,10 +180,10 @@ def run_config(settings: dict, vocab_size: int, saved, config_given: bool) -> GP
     except (TypeError, ValueError) as error:
         damaged = f"run.json: its model configuration is damaged ({error})"
         raise CommandError(damaged) from None
-    if config_given and model_config(settings, vocab_size) != cfg:
+    if given and model_config(settings | {"config": given}, vocab_size) != cfg:
         raise UsageError(
-            f"--resume: --config {settings['config']} has changed since the run "
-            "started; leave it out, and the run keeps the configuration it recorded"
+            f"--resume: --config {given} has changed since the run started; leave "
+            "it out, and the run keeps the configuration it recorded"
         )
     return cfg
 
@@ -305,8 +317,7 @@ def train_run(args, run: RunFolder, settings, text, names, saved) -> None:
         else:
             device = pick_device(args.device)
         tokenizer, spec = pretraining_tokenizer(settings, text[:split], out, saved)
-        given = args.config is not None
-        cfg = run_config(settings, vocabulary_size(tokenizer), saved, given)
+        cfg = run_config(settings, vocabulary_size(tokenizer), saved, args.config)
         train_loader, val_loader = loaders(text, settings, tokenizer)
         train_loader = distributed_loader(train_loader, seed=settings["seed"])
         torch.manual_seed(settings["seed"])  # the same weights in every process
