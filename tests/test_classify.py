@@ -339,12 +339,30 @@ def test_labelled_texts_come_from_tsv_or_csv(tmp_path):
     expected = [("Good, very good", "pos"), ("Bad", "neg")]
     assert read_labelled_texts(tmp_path / "a.tsv") == expected
     assert read_labelled_texts(tmp_path / "a.csv") == expected
+    # Spreadsheet habits that are fine: a header in any case and order (a TSV's
+    # too), a byte-order mark, more columns than the two, quoted newlines.
+    for name, text in [
+        ("h.tsv", "Label\tText\npos\tGood, very good\nneg\tBad\n"),
+        ("h.csv", '\ufeffId,TEXT,Class\n1,"Good, very good",pos\n2,Bad,neg\n'),
+    ]:
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        assert read_labelled_texts(tmp_path / name) == expected, name
+    (tmp_path / "n.csv").write_text('text,label\n"two\nlines",pos\nBad,neg\n')
+    assert read_labelled_texts(tmp_path / "n.csv")[0] == ("two\nlines", "pos")
+    # Issue 34: what was read wrongly without a word is now refused, naming the line.
+    rows = "".join(f"{i}\tspam\tWin {i}\n" for i in range(12))
     for name, content, message in [
         ("b.tsv", b"pos\tfine\nno tab here\n", "b.tsv:2: no tab after the label"),
-        ("c.csv", b"text\nfine\n", "the columns text and label"),
-        ("d.csv", b"text,label\nfine,pos\nshort\n", "d.csv:3: no text or no label"),
+        ("c.csv", b"text\nfine\n", "c.csv:1: a CSV file needs a first row that names"),
+        ("d.csv", b"text,label\nfine,pos\nshort\n", "d.csv:3: 1 columns, not 2"),
         ("e.tsv", "pos\tcaf\xe9\n".encode("latin-1"), "not a UTF-8 text file"),
         ("f.tsv", b"pos\tone\npos\ttwo\n", "two labels or more"),
+        ("g.tsv", b"pos\tone\nPos\ttwo\n", "g.tsv:2: the label 'Pos' differs from"),
+        ("i.tsv", b"pos\tone\n\ttwo\n", "i.tsv:2: no label"),
+        ("j.csv", b"text,label\n,pos\n", "j.csv:2: no text"),
+        ("k.tsv", rows.encode(), "k.tsv:1: 3 columns, not 2"),
+        ("l.tsv", "".join(f"{i}\tWin {i}\n" for i in range(12)).encode(), "12 labels"),
+        ("m.tsv", b"\n\n", "holds no texts"),
     ]:
         (tmp_path / name).write_bytes(content)
         with pytest.raises(ValueError, match=message):

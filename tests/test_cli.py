@@ -9,6 +9,7 @@ import http.server
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -133,9 +134,21 @@ def test_text_comes_from_files_folders_globs_and_standard_input(tmp_path, monkey
     (tmp_path / "notes" / "c.md").write_text("not text for training")
     (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr("sys.stdin", io.StringIO("piped"))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"piped")))
     texts = [text for _, text in read_texts(["notes", "notes/*.txt", "-"])]
     assert texts == ["first", "second", "first", "piped"]
+    # Issue 34: standard input not UTF-8, or closed; a FIFO, as <(...) gives.
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"caf\xe9")))
+    with pytest.raises(CommandError, match="standard input is not UTF-8 text"):
+        read_texts(["-"])
+    monkeypatch.setattr("sys.stdin", None)
+    with pytest.raises(CommandError, match="standard input, but it is closed"):
+        read_texts(["-"])
+    os.mkfifo(tmp_path / "fifo")
+    writer = threading.Thread(target=(tmp_path / "fifo").write_text, args=("fed",))
+    writer.start()
+    assert [text for _, text in read_texts(["fifo"])] == ["fed"]
+    writer.join()
     with pytest.raises(CommandError, match="not a UTF-8 text file"):
         read_texts(["latin1.txt"])
     (tmp_path / "empty").mkdir()
@@ -447,6 +460,7 @@ def test_finetune_a_classifier_then_label_texts(tmp_path, run):
         check=0,
     )
     assert "test accuracy" in result.stdout
+    assert re.search(r"^80 texts of 2 classes: ham \d+, spam \d+$", result.stdout, re.M)
     accuracy = json.loads((tmp_path / "spam" / "accuracy.json").read_text())
     assert set(accuracy) == {"training", "validation", "test"}
     texts = ["WINNER! Claim your free prize now", "See you at the station at six"]
@@ -709,8 +723,9 @@ def test_a_run_is_whole_and_resumes_from_anywhere(tmp_path, verdict):
     tokenizer.save(here / "bpe.json")
     fields = {"emb_dim": 32, "n_heads": 2, "n_layers": 1, "drop_rate": 0.0}
     (here / "model.json").write_text(json.dumps(fields))
-    settings = ["--tokenizer", "bpe.json", "--config", "model.json", "--device", "cpu"]
-    settings += ["--quiet", "--context-length", 32, "--checkpoint-every", 2]
+    settings: list = ["--tokenizer", "bpe.json", "--config", "model.json"]
+    settings += ["--device", "cpu", "--quiet", "--context-length", 32]
+    settings += ["--checkpoint-every", 2]
     command("pretrain", verdict, "--out", "run", *settings, "--max-steps", 2, cwd=here)
     run = here / "run"
     assert (run / "tokenizer.json").read_bytes() == (here / "bpe.json").read_bytes()
@@ -798,3 +813,70 @@ def test_finetuning_checks_every_entry_first_and_resumes_after_ctrl_c(tmp_path, 
     command("finetune", "instruct", "--out", cut, "--resume", "--quiet", check=0)
     a, b = tensors(whole / "model.safetensors"), tensors(cut / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class StoppingJudge(Judge):
+    """Judge's stand-in that answers once and then fails."""
+
+    served = 0
+
+    def do_POST(self):
+        StoppingJudge.served += 1
+        if StoppingJudge.served > 1:
+            self.send_error(500)
+            return
+        super().do_POST()
+
+
+def test_a_judge_that_stops_partway_loses_no_score(tmp_path):
+    """Issue 34: one failure discarded every score collected so far."""
+    answered = [
+        {"instruction": f"Say {word}.", "output": word, "model_response": word}
+        for word in ["one", "two", "three"]
+    ]
+    (tmp_path / "answers.json").write_text(json.dumps(answered))
+    server = http.server.HTTPServer(("127.0.0.1", 0), StoppingJudge)
+    threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        scored = tmp_path / "scored.json"
+        result = command(
+            "evaluate",
+            "--responses",
+            tmp_path / "answers.json",
+            "--judge-url",
+            url,
+            "--out",
+            scored,
+        )
+    finally:
+        server.shutdown()
+    assert result.returncode == 1
+    assert "(after 1 of 3 answers); the 1 scores so far are in" in result.stderr
+    assert [e.get("judge_score") for e in json.loads(scored.read_text())] == [
+        70,
+        None,
+        None,
+    ]
+    no_scheme = command(
+        "evaluate",
+        "--responses",
+        tmp_path / "answers.json",
+        "--judge-url",
+        "localhost:11434",
+    )
+    assert no_scheme.returncode == 2 and "begin it with http://" in no_scheme.stderr
+
+
+def test_a_reader_that_stops_early_ends_generate_quietly(run):
+    """Issue 34: `llmbook generate ... | head` ended in a broken-pipe error."""
+    process = subprocess.Popen(
+        [*COMMAND, "generate", "--checkpoint", str(run), "--prompt", "I had"]
+        + ["--max-new-tokens", "200", "--device", "cpu"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None and process.stdout.read(2) == b"I "
+    process.stdout.close()  # as head does once it has its lines
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0 and err == b""

@@ -3,6 +3,7 @@
 import http.server
 import json
 import threading
+import time
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from llmbook.data import data_file
 from llmbook.instruct import (
     InstructionDataset,
     JudgeScores,
+    JudgeStopped,
     ask_judge,
     check_entries,
     create_instruction_loaders,
@@ -201,7 +203,10 @@ def test_rouge_l_is_one_for_a_copy_and_lower_for_less():
         ("100", 100),
         ("good", None),
         ("1000", None),
-        ("7.5 out of 10", 10),
+        ("7.5 out of 10", 75),  # other scales are put on 0 to 100
+        ("Score: 8/10", 80),
+        ("4 out of 5 stars", 80),
+        ("12/10", 12),  # not a fraction of a scale: its first number
         ("-", None),
         ("0", 0),
     ],
@@ -305,6 +310,98 @@ def test_a_judge_that_does_not_answer_is_named(judge):
     JudgeServer.answers = ["1"]
     with pytest.raises(RuntimeError, match="answered 404"):
         ask_judge("hi", judge + "/nowhere", "m")
+
+
+class OddJudge(http.server.BaseHTTPRequestHandler):
+    """A judge that misbehaves as `mode` says, after `good` proper answers."""
+
+    mode = "trickle"
+    good = 0
+    served = 0
+
+    def do_POST(self):  # noqa: N802 (the name http.server calls)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        OddJudge.served += 1
+        if OddJudge.served <= OddJudge.good:
+            return self.reply(json.dumps({"message": {"content": "60"}}).encode())
+        if OddJudge.mode == "redirect":
+            self.send_response(307)
+            self.send_header("Location", "http://127.0.0.1:1/api/chat")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif OddJudge.mode == "fail":
+            self.send_error(500)
+        elif OddJudge.mode == "trickle":  # a byte now and then, never the end
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            for _ in range(100):
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.1)
+        else:
+            self.reply(
+                {
+                    "html": b"<html>Welcome</html>",
+                    "latin1": '{"message": {"content": "caf\xe9"}}'.encode("latin-1"),
+                    "number": b'{"message": {"content": 70}}',
+                }[OddJudge.mode]
+            )
+
+    def reply(self, payload: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def odd_judge():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OddJudge)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
+    OddJudge.good = OddJudge.served = 0
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_judge_that_trickles_its_reply_is_given_up_on_in_time(odd_judge):
+    OddJudge.mode = "trickle"
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match="did not answer within 0.5 s"):
+        ask_judge("hi", odd_judge, "m", timeout=0.5)
+    assert time.monotonic() - start < 3  # not the ten seconds it would trickle
+
+
+@pytest.mark.parametrize("mode", ["html", "latin1", "number"])
+def test_a_reply_that_is_no_answer_is_named(odd_judge, mode):
+    OddJudge.mode = mode
+    with pytest.raises(RuntimeError, match="sent a reply without an answer in the"):
+        ask_judge("hi", odd_judge, "m")
+
+
+def test_judge_addresses_and_entries_are_checked(odd_judge):
+    OddJudge.mode = "redirect"
+    with pytest.raises(RuntimeError, match="redirects to http://127.0.0.1:1/api/chat"):
+        ask_judge("hi", odd_judge, "m")
+    with pytest.raises(ValueError, match="must start with http:// or https://"):
+        ask_judge("hi", "localhost:11434", "m")
+    OddJudge.served = 0
+    unanswered = [ANSWERED[0], {**ANSWERED[1], "model_response": 5}]
+    with pytest.raises(ValueError, match="entry 1 has no model_response text"):
+        score_responses(unanswered, url=odd_judge, model="m")
+    assert OddJudge.served == 0  # checked before anything was asked
+
+
+def test_a_judge_that_stops_partway_keeps_the_scores_so_far(odd_judge):
+    OddJudge.mode, OddJudge.good = "fail", 2
+    with pytest.raises(JudgeStopped, match=r"answered 500 .*after 2 of 3") as stopped:
+        score_responses(ANSWERED, url=odd_judge, model="m")
+    assert stopped.value.scores.scores == [60, 60]
 
 
 @pytest.mark.parametrize(

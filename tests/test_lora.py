@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from llmbook.checkpoint import load_model, save_model
 from llmbook.classify import add_classification_head
 from llmbook.lora import (
     LinearWithLoRA,
@@ -117,6 +118,8 @@ def test_parameter_counts():
         (2, 0, "alpha must be a positive number, got 0"),
         (2, -1.5, "alpha must be"),
         (2, "16", "alpha must be"),
+        (2, float("nan"), "alpha must be a positive number, got nan"),
+        (2, float("inf"), "alpha must be"),
     ],
 )
 def test_bad_rank_or_alpha_is_refused(rank, alpha, message):
@@ -144,3 +147,33 @@ def test_adding_lora_twice_or_merging_none_is_refused():
     replace_linear_with_lora(model, 2, 2)
     with pytest.raises(ValueError, match="already has LoRA layers"):
         replace_linear_with_lora(model, 2, 2)
+
+
+def test_a_misspelt_module_to_train_whole_is_refused():
+    """Issue 34: `train_whole=["out_haed"]` left the head frozen without a word."""
+    _, model = model_and_copy()
+    with pytest.raises(
+        ValueError, match=r"names no module of the model: \['out_haed'\]"
+    ):
+        replace_linear_with_lora(model, 2, 2, train_whole=["out_haed"])
+    assert not any(isinstance(m, LinearWithLoRA) for m in model.modules())
+    replace_linear_with_lora(model, 2, 2, train_whole="out_head")  # one name, a str
+    assert model.out_head.weight.requires_grad
+
+
+def test_a_merged_lora_on_a_tied_model_saves_a_file_that_loads(tmp_path):
+    """Issue 34: merging unties the head from the embedding; the file said tied."""
+    torch.manual_seed(0)
+    model = GPTModel(GPTConfig.preset("debug", context_length=16, tie_weights=True))
+    replace_linear_with_lora(model.eval(), rank=2, alpha=4)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, LoRALayer):
+                module.B.normal_()  # as if trained
+    merge_lora(model)
+    assert model.out_head.weight is not model.tok_emb.weight
+    save_model(model, tmp_path / "merged.safetensors")
+    loaded = load_model(tmp_path / "merged.safetensors").eval()
+    assert not loaded.cfg.tie_weights
+    with torch.no_grad():
+        assert torch.equal(loaded(IDS), model(IDS))

@@ -18,6 +18,7 @@ from llmbook.checkpoint import (
     load_model,
     open_run_folder,
     read_manifest,
+    save_checkpoint,
     save_model,
 )
 from llmbook.model import GPTConfig, GPTModel
@@ -185,3 +186,36 @@ def test_a_holder_stopped_by_ctrl_c_releases_the_folder(tmp_path):
     assert process.wait(timeout=30) != 0
     with open_run_folder(tmp_path, "pretraining") as run:
         assert run.manifest == {"kind": "pretraining"}
+
+
+def test_what_a_killed_process_left_behind_is_cleared_at_the_next_claim(tmp_path):
+    (tmp_path / "checkpoints" / ".step-00000005.x1y2").mkdir(parents=True)
+    (tmp_path / "checkpoints" / ".step-00000005.x1y2" / "model.safetensors").touch()
+    (tmp_path / "checkpoints" / ".latest.tmp").write_text("step-00000005")
+    (tmp_path / ".model.safetensors.4242.abcd1234.tmp").write_bytes(b"half")
+    (tmp_path / "run.json").write_text('{"kind": "pretraining"}')
+    with open_run_folder(tmp_path, "pretraining"):
+        pass
+    left = sorted(p.name for p in tmp_path.rglob("*"))
+    assert left == [".lock", "checkpoints", "run.json"]
+
+
+def test_checkpoints_get_the_permissions_of_any_new_folder_and_say_disk_full(
+    tmp_path, monkeypatch
+):
+    model = GPTModel(GPTConfig.preset("debug", vocab_size=10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    mask = os.umask(0o022)
+    try:
+        folder = save_checkpoint(tmp_path, model, optimizer, {"step": 1})
+    finally:
+        os.umask(mask)
+    assert folder.stat().st_mode & 0o777 == 0o755  # mkdtemp alone gives 0o700
+
+    def full(*args, **kwargs):  # what torch.save says when the disk is full
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError, match=r"checkpoint step-00000002 in .* disk full"):
+        save_checkpoint(tmp_path, model, optimizer, {"step": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000001"]

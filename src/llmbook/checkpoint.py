@@ -50,9 +50,12 @@ def save_model(model, path: str | os.PathLike, metadata: dict | None = None) -> 
     how many classes a classifier has).
     """
     path = Path(path)
+    # A head changed on its own (a merged LoRA update, say) is no longer tied to
+    # the embedding: the file says so, so that it loads into an untied model.
+    tied = model.out_head.weight is model.tok_emb.weight
     metadata = {
         "format": "llmbook-gpt",
-        "config": json.dumps(vars(model.cfg)),
+        "config": json.dumps(vars(model.cfg) | {"tie_weights": tied}),
         **(metadata or {}),
     }
     state = _state_to_save(model)
@@ -168,6 +171,13 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     return Path(directory) / pointer.read_text(encoding="utf-8").strip()
 
 
+def _umask() -> int:
+    """The process's umask: the permissions that new files do not get."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _fsync(path: Path) -> None:
     """Push a file (or a folder's entries) from the OS cache to the disk."""
     fd = os.open(path, os.O_RDONLY)
@@ -200,6 +210,7 @@ def save_checkpoint(
     directory.mkdir(parents=True, exist_ok=True)
     name = f"step-{state['step']:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=directory))
+    tmp.chmod(0o777 & ~_umask())  # as any new folder (mkdtemp's are private)
     try:
         save_model(model, tmp / "model.safetensors")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -214,6 +225,12 @@ def save_checkpoint(
         if final.exists():  # a checkpoint of the same step, from before a resume
             shutil.rmtree(final)
         os.replace(tmp, final)  # the folder appears complete, or not at all
+    except RuntimeError as error:  # torch.save's words for a failed write
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(
+            f"could not write the checkpoint {name} in {directory} (is the disk "
+            f"full?): {error}"
+        ) from error
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -337,6 +354,15 @@ def _lock_file(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
+def _remove_leftovers(folder: Path) -> None:
+    """Delete the temporary files and checkpoint folders that a killed process
+    left behind: with the lock held, nothing else can be writing them."""
+    for tmp in [*folder.glob(".*.tmp"), *folder.glob("checkpoints/.*.tmp")]:
+        tmp.unlink(missing_ok=True)
+    for tmp in folder.glob("checkpoints/.step-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _holds_work(folder: Path) -> bool:
     """Whether the folder holds a model or a checkpoint: work a new run would lose."""
     return (
@@ -373,6 +399,7 @@ def open_run_folder(
     except OSError as error:
         raise RunFolderError(f"cannot create the folder {path}: {error}") from None
     with _locked(path):
+        _remove_leftovers(path)
         manifest = read_manifest(path)
         if manifest is not None and manifest["kind"] != kind:
             raise RunFolderError(

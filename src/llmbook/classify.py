@@ -10,6 +10,7 @@ import json
 import operator
 import os
 import random
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -401,35 +402,71 @@ def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu")
     return model.to(device).eval()
 
 
+# The column names that make a first row a header (in any case).
+TEXT_COLUMNS = {"text", "texts", "message", "sentence", "review", "content", "body"}
+LABEL_COLUMNS = {"label", "labels", "class", "category", "target"}
+
+
 def read_labelled_texts(path: str | os.PathLike) -> list[tuple[str, str]]:
-    """(text, label) pairs from a .csv file with the columns `text` and `label`,
-    or else from lines `label<TAB>text`; empty texts are left out. A file that
-    gives fewer than two labels is an error: a classifier needs two or more."""
+    """(text, label) pairs from lines `label<TAB>text` (the SMS collection's
+    format) or from a .csv file. A first row that names one text column and one
+    label column is a header, and the columns are then taken by name; a .csv
+    file needs one. What could be read two ways is an error naming its line: a
+    row of another width, a missing label or text, labels that differ only in
+    case, fewer than two labels, or about as many labels as texts."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:
-        content = path.read_text(encoding="utf-8")
+        content = path.read_text(encoding="utf-8-sig")  # -sig: a spreadsheet's BOM
     except UnicodeDecodeError:
         raise ValueError(f"{path}: not a UTF-8 text file") from None
-    pairs = []
-    if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(io.StringIO(content, newline=""))
-        if not {"text", "label"} <= set(reader.fieldnames or []):
-            raise ValueError(f"{path}: the CSV needs the columns text and label")
-        for row in reader:
-            if row["text"] is None or row["label"] is None:
-                raise ValueError(f"{path}:{reader.line_num}: no text or no label")
-            pairs.append((row["text"], row["label"].strip()))
+    tabs = path.suffix.lower() != ".csv"
+    if not tabs:
+        reader = csv.reader(io.StringIO(content, newline=""))
+        rows = [(reader.line_num, cells) for cells in reader]
+    else:  # tabs, unquoted: quotation marks inside texts stay as they are
+        lines = content.replace("\r\n", "\n").split("\n")
+        rows = [(n, line.split("\t")) for n, line in enumerate(lines, start=1)]
+    rows = [(n, cells) for n, cells in rows if "".join(cells).strip()]
+    if not rows:
+        raise ValueError(f"{path}: the file holds no texts")
+    names = [cell.strip().lower() for cell in rows[0][1]]
+    texts = [i for i, name in enumerate(names) if name in TEXT_COLUMNS]
+    labels = [i for i, name in enumerate(names) if name in LABEL_COLUMNS]
+    if len(texts) == 1 and len(labels) == 1:  # a header: columns by name
+        width, text_at, label_at = len(names), texts[0], labels[0]
+        rows = rows[1:]
+    elif not tabs:
+        raise ValueError(
+            f"{path}:1: a CSV file needs a first row that names its text column "
+            f"and its label column (text and label, say); it has {rows[0][1]}"
+        )
     else:
-        for number, line in enumerate(content.split("\n"), start=1):
-            if not line.strip():
-                continue
-            label, tab, text = line.removesuffix("\r").partition("\t")
-            if not tab:
-                raise ValueError(f"{path}:{number}: no tab after the label")
-            pairs.append((text, label.strip()))
-    pairs = [(text, label) for text, label in pairs if text.strip()]
-    if len({label for _, label in pairs}) < 2:
+        width, text_at, label_at = 2, 1, 0
+    pairs: list[tuple[str, str]] = []
+    spelled: dict[str, tuple[str, int]] = {}  # a label in lower case: as first seen
+    for n, cells in rows:
+        if len(cells) != width:
+            if tabs and len(cells) == 1:
+                raise ValueError(f"{path}:{n}: no tab after the label")
+            raise ValueError(f"{path}:{n}: {len(cells)} columns, not {width}")
+        text, label = cells[text_at].strip(), cells[label_at].strip()
+        if not label or not text:
+            raise ValueError(f"{path}:{n}: no {'text' if label else 'label'}")
+        first, line = spelled.setdefault(label.casefold(), (label, n))
+        if first != label:
+            raise ValueError(
+                f"{path}:{n}: the label {label!r} differs from {first!r} (line "
+                f"{line}) only in case; write each label one way"
+            )
+        pairs.append((text, label))
+    classes = Counter(label for _, label in pairs)
+    if len(classes) < 2:
         raise ValueError(f"{path}: a classifier needs texts of two labels or more")
+    if len(pairs) >= 10 and len(classes) > len(pairs) / 2:
+        raise ValueError(
+            f"{path}: {len(classes)} labels for {len(pairs)} texts; is the first "
+            "column the label? Name the columns in a header row (text, label)"
+        )
     return pairs

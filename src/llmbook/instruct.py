@@ -8,6 +8,7 @@ import functools
 import json
 import os
 import re
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -295,23 +296,42 @@ class JudgeScores:
 
 
 def parse_score(answer: str) -> int | None:
-    """The first whole number from 0 to 100 in a judge's answer, else None.
+    """The judge's score from 0 to 100: the first fraction in its answer (8/10 or
+    4 out of 5) put on that scale, else its first whole number up to 100, else
+    None.
 
-    >>> parse_score("Score: 85/100"), parse_score("I'd say 7."), parse_score("good")
-    (85, 7, None)
+    >>> [parse_score(a) for a in ["Score: 85/100", "7.5/10", "4 out of 5", "7", "ok"]]
+    [85, 75, 80, 7, None]
     """
-    for match in re.finditer(r"(?<![\d.])\d{1,3}(?![\d.]*\d)", answer):
+    number = r"(?<![\d.])\d{1,3}(?![\d.]*\d)"  # whole: not part of 7.5 or 1000
+    part = r"(?<![\d.])(\d{1,3}(?:\.\d+)?)"  # 8, or 7.5
+    fraction = re.search(rf"{part}\s*(?:/|out of)\s*({number})", answer)
+    if fraction and 0 <= float(fraction[1]) <= float(fraction[2]) > 0:
+        return round(100 * float(fraction[1]) / float(fraction[2]))
+    for match in re.finditer(number, answer):
         if 0 <= int(match.group()) <= 100:
             return int(match.group())
     return None
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None  # the 3xx reaches ask_judge as an HTTPError
+
+
+_JUDGE_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
 def ask_judge(
     prompt: str, url: str, model: str, api: str = "ollama", timeout: float = 120.0
 ) -> str:
-    """Send one user message to a chat server and return the text of its reply."""
+    """Send one user message to a chat server and return the text of its reply.
+    A reply still unfinished after `timeout` seconds is given up on, however
+    slowly it trickles in (each wait for data is bounded by `timeout` too)."""
     if api not in JUDGE_APIS:
         raise ValueError(f"api must be one of {sorted(JUDGE_APIS)}, got {api!r}")
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"the judge's URL must start with http:// or https://: {url}")
     path, read_answer = JUDGE_APIS[api]
     payload: dict[str, object] = {
         "model": model,
@@ -326,14 +346,27 @@ def ask_judge(
         data=json.dumps(payload).encode(),
         headers={"Content-Type": "application/json"},
     )
+    deadline, body = time.monotonic() + timeout, b""
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            reply = json.loads(response.read().decode("utf-8"))
+        with _JUDGE_OPENER.open(request, timeout=timeout) as response:
+            while chunk := response.read1(1 << 16):
+                body += chunk
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the reply took more than {timeout:g} s")
     except urllib.error.HTTPError as exc:
+        moved = exc.headers.get("Location") if 300 <= exc.code < 400 else None
         raise SetupError(
-            f"the judge at {url} answered {exc.code} {exc.reason} for model {model!r}"
-        ) from exc
+            f"the judge at {url} redirects to {moved}: give that address instead"
+            if moved
+            else f"the judge at {url} answered {exc.code} {exc.reason} for model "
+            f"{model!r}"
+        ) from None
     except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, TimeoutError):
+            raise ConnectionError(
+                f"the judge at {url} did not answer within {timeout:g} s ({reason})"
+            ) from None
         start = (
             "start one with `ollama serve`, then `ollama pull " + model + "`"
             if api == "ollama"
@@ -342,11 +375,24 @@ def ask_judge(
         )
         raise ConnectionError(f"no judge answers at {url} ({exc}); {start}") from exc
     try:
-        return str(read_answer(reply))
-    except (KeyError, IndexError, TypeError) as exc:
+        reply = json.loads(body.decode("utf-8"))
+        answer = read_answer(reply)
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, IndexError, TypeError):
+        answer = None
+    if not isinstance(answer, str):
         raise SetupError(
-            f"the judge at {url} sent a reply without an answer: {str(reply)[:200]}"
-        ) from exc
+            f"the judge at {url} sent a reply without an answer in the {api} "
+            f"protocol: {body[:200]!r}"
+        )
+    return answer
+
+
+class JudgeStopped(ConnectionError):
+    """A judge that failed partway through: `scores` holds what it gave before."""
+
+    def __init__(self, message: str, scores: JudgeScores):
+        super().__init__(message)
+        self.scores = scores
 
 
 def score_responses(
@@ -354,20 +400,31 @@ def score_responses(
     url: str = "http://localhost:11434",
     model: str = "llama3",
     api: str = "ollama",
+    timeout: float = 120.0,
 ) -> JudgeScores:
     """Ask a judge model to score each entry's `model_response` from 0 to 100.
 
     An answer without a number is kept with the score None (see
-    `JudgeScores.missing`); a server that does not answer is an error.
-    """
+    `JudgeScores.missing`). A server that does not answer the first entry is an
+    error; one that stops later raises JudgeStopped, which keeps the scores so
+    far. `timeout` bounds each answer, in seconds."""
+    for i, entry in enumerate(entries):
+        if not isinstance(entry.get("model_response"), str):
+            raise ValueError(f"entry {i} has no model_response text to score")
     result = JudgeScores()
-    for entry in entries:
+    for i, entry in enumerate(entries):
         prompt = JUDGE_PROMPT.format(
             prompt=format_input(entry),
             output=entry["output"],
             response=entry["model_response"],
         )
-        answer = ask_judge(prompt, url, model, api)
+        try:
+            answer = ask_judge(prompt, url, model, api, timeout)
+        except (ConnectionError, SetupError) as error:
+            if i == 0:
+                raise
+            stopped = f"{error} (after {i} of {len(entries)} answers)"
+            raise JudgeStopped(stopped, result) from error
         result.answers.append(answer)
         result.scores.append(parse_score(answer))
     return result

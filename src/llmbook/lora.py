@@ -16,7 +16,12 @@ def check_lora_settings(rank, alpha) -> None:
     positive number."""
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise ValueError(f"rank must be a whole number of at least 1, got {rank!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or alpha <= 0:
+    if (
+        isinstance(alpha, bool)
+        or not isinstance(alpha, int | float)
+        or not math.isfinite(alpha)
+        or alpha <= 0
+    ):
         raise ValueError(f"alpha must be a positive number, got {alpha!r}")
 
 
@@ -99,7 +104,11 @@ def replace_linear_with_lora(
     wrapped nor frozen: all their parameters train. Returns `model`.
     """
     check_lora_settings(rank, alpha)
-    exclude = list(train_whole)
+    exclude = [train_whole] if isinstance(train_whole, str) else list(train_whole)
+    names = {name for name, _ in model.named_modules()}
+    unknown = [name for name in exclude if name not in names]
+    if unknown:  # a misspelt name would leave the module frozen without a word
+        raise ValueError(f"train_whole names no module of the model: {unknown}")
     if any(isinstance(m, LinearWithLoRA) for m in model.modules()):
         raise ValueError(
             "the model already has LoRA layers; merge them (merge_lora) before "

@@ -9,6 +9,7 @@ the user's ends in one line on stderr: exit code 2 for a command line that canno
 work, 1 for a failure (a missing file, an empty text, a model that does not fit).
 """
 
+import contextlib
 import os
 import sys
 
@@ -41,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as stop:
         print(f"\n{one_line(stop) if str(stop) else 'interrupted'}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `llmbook generate ... | head` read all it wanted
+        with contextlib.suppress(OSError, ValueError):  # no more output, no traceback
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (CommandError, *FAILURES) as error:
         if os.environ.get("LLMBOOK_DEBUG"):
             raise

@@ -7,6 +7,7 @@ the texts, tokenizers, models and run folders it reads and writes."""
 
 import argparse
 import glob
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -98,17 +99,22 @@ def add_command(commands, name: str, summary: str, example: str) -> Parser:
     return parser
 
 
-def number(kind, low, inclusive=True):
-    """An argparse type: a number of `kind` at least (or above) `low`."""
+def number(kind, low, inclusive=True, below=None):
+    """An argparse type: a finite number of `kind` at least (or above) `low`, and
+    below `below` if given."""
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
         if value < low or (value == low and not inclusive):
             relation = ">=" if inclusive else ">"
             raise argparse.ArgumentTypeError(f"must be {relation} {low}, got {text}")
+        if below is not None and value >= below:
+            raise argparse.ArgumentTypeError(f"must be < {below}, got {text}")
         return value
 
     return parse
@@ -116,6 +122,8 @@ def number(kind, low, inclusive=True):
 
 COUNT = number(int, 1)  # steps, batches, tokens
 RATE = number(float, 0.0, inclusive=False)  # learning rates, norms
+SEED = number(int, 0, below=2**63)  # what torch.manual_seed takes
+SHARE = number(float, 0.0, inclusive=False, below=1.0)  # a part of the whole
 
 
 def add_model_options(parser: Parser, required: bool = True) -> None:
@@ -151,16 +159,26 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def read_stdin() -> str:
+    """All of standard input, as UTF-8 text."""
+    if sys.stdin is None or sys.stdin.closed:
+        raise CommandError("- reads standard input, but it is closed")
+    try:
+        return sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError:
+        raise CommandError("standard input is not UTF-8 text") from None
+
+
 def read_texts(sources: list[str]) -> list[tuple[str, str]]:
     """(name, text) for each file that `sources` names: a file, a folder (its .txt
     files, recursively), a glob pattern, or `-` for standard input."""
     found = []
     for source in sources:
         if source == "-":
-            found.append(("-", sys.stdin.read()))
+            found.append(("-", read_stdin()))
             continue
         path = Path(source)
-        if path.is_file():
+        if path.is_file() or (path.exists() and not path.is_dir()):  # <(...), FIFOs
             files = [path]
         elif path.is_dir():
             files = sorted(p for p in path.rglob("*.txt") if p.is_file())
@@ -176,6 +194,9 @@ def read_texts(sources: list[str]) -> list[tuple[str, str]]:
                 found.append((str(file.resolve()), file.read_text(encoding="utf-8")))
             except UnicodeDecodeError:
                 raise CommandError(f"{file}: not a UTF-8 text file") from None
+            except OSError as error:
+                unreadable = f"{file}: cannot be read ({error.strerror})"
+                raise CommandError(unreadable) from None
     return found
 
 

@@ -7,6 +7,7 @@ finetuning share: chapter 8 (and 9) on the user's own data, resumable."""
 
 import random
 from argparse import Namespace
+from collections import Counter
 from functools import partial
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from llmbook.cli.common import (
     COUNT,
     RATE,
     RUN_FILE,
+    SEED,
     CommandError,
     Parser,
     UsageError,
@@ -103,7 +105,9 @@ def add_finetune_options(p: Parser, data: str) -> dict:
     shown["eval_freq"] = p.add_argument(
         "--eval-freq", type=COUNT, help="steps between losses"
     )
-    shown["seed"] = p.add_argument("--seed", type=int, help="for the order of examples")
+    shown["seed"] = p.add_argument(
+        "--seed", type=SEED, help="for the order of examples"
+    )
     shown["checkpoint_every"] = p.add_argument(
         "--checkpoint-every", type=COUNT, metavar="N", help="steps"
     )
@@ -184,6 +188,9 @@ def finetune_classify(args) -> None:
 def train_classifier(args, run, settings: dict, inputs: dict) -> None:
     out = args.out
     labelled = read_labelled_texts(inputs["data"])
+    counts = Counter(label for _, label in labelled).most_common()
+    classes = ", ".join(f"{label} {count:,}" for label, count in counts)
+    print(f"{len(labelled):,} texts of {len(counts)} classes: {classes}")
     labels = sorted({label for _, label in labelled})
     examples = [(text, labels.index(label)) for text, label in labelled]
     if settings["balance"]:

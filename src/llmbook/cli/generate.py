@@ -10,6 +10,7 @@ import torch
 
 from llmbook.cli.common import (
     COUNT,
+    SEED,
     CommandError,
     UsageError,
     add_command,
@@ -43,7 +44,9 @@ def add_generate(commands) -> None:
     p.add_argument(
         "--top-k", type=COUNT, default=40, help="sample from the k likeliest"
     )
-    p.add_argument("--seed", type=int, help="for the same text again (default: random)")
+    p.add_argument(
+        "--seed", type=SEED, help="for the same text again (default: random)"
+    )
     add_device_option(p)
     p.set_defaults(run=generate_command)
 

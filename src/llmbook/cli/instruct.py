@@ -13,6 +13,7 @@ import torch
 from llmbook.checkpoint import save_model
 from llmbook.cli.common import (
     COUNT,
+    RATE,
     CommandError,
     UsageError,
     add_command,
@@ -34,6 +35,7 @@ from llmbook.cli.finetune import (
 from llmbook.data import encode_text
 from llmbook.files import save_json
 from llmbook.instruct import (
+    JudgeStopped,
     create_instruction_loaders,
     format_input,
     format_response,
@@ -147,6 +149,9 @@ def add_evaluate(commands) -> None:
     p.add_argument("--judge-url", help="an Ollama or OpenAI-compatible server")
     p.add_argument("--judge-model", default="llama3", help="the judge's model name")
     p.add_argument("--judge-api", choices=["ollama", "openai"], default="ollama")
+    p.add_argument(
+        "--judge-timeout", type=RATE, default=120.0, help="seconds for one answer"
+    )
     p.add_argument("--out", type=Path, help="write the scored entries here (JSON)")
     add_device_option(p)
     p.set_defaults(run=evaluate_command)
@@ -160,12 +165,20 @@ def evaluate_command(args) -> None:
         raise UsageError(
             "give --responses FILE, or a model (--checkpoint or --gpt2) and --data FILE"
         )
+    if args.judge_url and not args.judge_url.startswith(("http://", "https://")):
+        raise UsageError(f"--judge-url {args.judge_url}: begin it with http://")
+    if args.out is not None and not args.out.parent.is_dir():
+        raise UsageError(f"--out {args.out}: no folder {args.out.parent}")
     if args.responses is not None:
         entries = read_entries(args.responses)
-        missing = [i for i, e in enumerate(entries) if "model_response" not in e]
+        missing = [
+            i
+            for i, entry in enumerate(entries)
+            if not isinstance(entry.get("model_response"), str)
+        ]
         if missing:
             raise CommandError(
-                f"{args.responses}: entry {missing[0]} has no model_response"
+                f"{args.responses}: entry {missing[0]} has no model_response text"
             )
     else:
         device = pick_device(args.device)
@@ -184,9 +197,22 @@ def evaluate_command(args) -> None:
         raise CommandError(str(error)) from None
     print(f"ROUGE-L: {score:.3f} over {len(entries)} answers")
     if args.judge_url:
-        judged = score_responses(
-            entries, args.judge_url, args.judge_model, args.judge_api
-        )
+        try:
+            judged = score_responses(
+                entries,
+                args.judge_url,
+                args.judge_model,
+                args.judge_api,
+                args.judge_timeout,
+            )
+        except JudgeStopped as stopped:  # the scores so far are kept, not lost
+            for entry, value in zip(entries, stopped.scores.scores, strict=False):
+                entry["judge_score"] = value
+            if args.out is None:
+                raise
+            save_json(entries, args.out)
+            kept = f"the {len(stopped.scores.scores)} scores so far are in {args.out}"
+            raise CommandError(f"{stopped}; {kept}") from None
         mean = "no score" if judged.mean is None else f"{judged.mean:.1f}"
         print(
             f"judge {args.judge_model}: mean {mean} of 100 "

@@ -18,6 +18,8 @@ from llmbook.cli.common import (
     COUNT,
     RATE,
     RUN_FILE,
+    SEED,
+    SHARE,
     CommandError,
     UsageError,
     add_command,
@@ -117,12 +119,12 @@ def add_pretrain(commands) -> None:
     )
     shown["val_share"] = p.add_argument(
         "--val-share",
-        type=number(float, 0.0, False),
+        type=SHARE,
         metavar="X",
         help="share of the text held out for validation, at its end",
     )
     shown["seed"] = p.add_argument(
-        "--seed", type=int, help="for the weights and the order of batches"
+        "--seed", type=SEED, help="for the weights and the order of batches"
     )
     shown["eval_freq"] = p.add_argument(
         "--eval-freq", type=COUNT, metavar="N", help="steps between losses"
