@@ -276,6 +276,9 @@ def test_mistakes_end_in_one_line_with_code_2_for_usage_and_1_for_failures(
         (["pretrain", "--out", out, "--resume"], 2, "holds no run"),
         (["pretrain", "--out", run, "--resume", "--lr", "0.1"], 2, "the run has --lr"),
         (["pretrain", verdict, "--out", out, "--batch-size", "0"], 2, "must be >= 1"),
+        (["pretrain", verdict, "--out", out, "--lr", "nan"], 2, "must be a finite"),
+        (["pretrain", verdict, "--out", out, "--val-share", "1"], 2, "must be < 1.0"),
+        (["pretrain", verdict, "--out", out, "--seed", "1" + "0" * 20], 2, "must be <"),
         (["pretrain", verdict, "--out", out, "--config", verdict], 1, "--config"),
         (
             ["pretrain", verdict, "--out", out, "--config", tmp_path / "typed.json"],

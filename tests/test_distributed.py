@@ -70,6 +70,36 @@ def test_without_torchrun_one_process_runs_alone(monkeypatch):
     assert mean_over_processes([torch.tensor(2.5), 1]) == [2.5, 1.0]
 
 
+def test_a_process_left_waiting_for_the_others_says_so():
+    """Issue 34: with torchrun's variables set but one process started, joining
+    waited without a word (for gloo's 30 minutes)."""
+    waiting = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import llmbook.distributed as d; d.NOTE_AFTER = 0.2; "
+            "d.setup_distributed('gloo')",
+        ],
+        env={
+            **os.environ,
+            **FULL,
+            "RANK": "0",
+            "LOCAL_RANK": "0",
+            "MASTER_PORT": "29531",
+        },
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert waiting.stderr is not None
+        line = waiting.stderr.readline()
+    finally:
+        waiting.kill()
+        waiting.wait()
+    assert line.startswith("process 0 is waiting for the other processes of 2 at ")
+    assert "127.0.0.1:29531; if they were not started, start them all" in line
+
+
 def test_the_loader_of_one_process_keeps_everything_but_the_order(verdict):
     loader = create_dataloader(verdict[:2000], 4, 16, 16, seed=3, drop_last=False)
     dealt = distributed_loader(loader, seed=3)

@@ -15,6 +15,8 @@ from safetensors.torch import save_file
 
 from llmbook.checkpoint import (
     RunFolderError,
+    latest_checkpoint,
+    load_checkpoint,
     load_model,
     open_run_folder,
     read_manifest,
@@ -219,3 +221,21 @@ def test_checkpoints_get_the_permissions_of_any_new_folder_and_say_disk_full(
     with pytest.raises(OSError, match=r"checkpoint step-00000002 in .* disk full"):
         save_checkpoint(tmp_path, model, optimizer, {"step": 2})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step-00000001"]
+
+
+def test_a_damaged_checkpoint_folder_is_named_not_parsed(tmp_path):
+    """Issue 34: a damaged `latest` or checksums.json gave a JSON parser's message,
+    a KeyError, or resumed from the wrong place."""
+    model = GPTModel(GPTConfig.preset("debug", vocab_size=10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    saved = save_checkpoint(tmp_path, model, optimizer, {"step": 3})
+    (tmp_path / "latest").write_text("../../etc")
+    with pytest.raises(ValueError, match=r"latest is damaged: it names '../../etc'"):
+        load_checkpoint(tmp_path, model, optimizer)
+    (tmp_path / "latest").write_text("step-00000009")  # a folder that is not there
+    with pytest.raises(ValueError, match="not a checkpoint folder beside it"):
+        latest_checkpoint(tmp_path)
+    (tmp_path / "latest").write_text(saved.name)
+    (saved / "checksums.json").write_text("{half")
+    with pytest.raises(ValueError, match=r"the checkpoint .*step-00000003 is damaged"):
+        load_checkpoint(tmp_path, model, optimizer)

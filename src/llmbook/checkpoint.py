@@ -7,6 +7,7 @@ training exactly (chapter 7)."""
 
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -168,7 +169,13 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     pointer = Path(directory) / "latest"
     if not pointer.is_file():
         return None
-    return Path(directory) / pointer.read_text(encoding="utf-8").strip()
+    name = pointer.read_bytes().decode("utf-8", errors="replace").strip()
+    if not re.fullmatch(r"step-\d{8,}", name) or not (Path(directory) / name).is_dir():
+        raise ValueError(
+            f"{pointer} is damaged: it names {name[:40]!r}, not a checkpoint folder "
+            "beside it; write the name of one (step-00000100, say) into it"
+        )
+    return Path(directory) / name
 
 
 def _umask() -> int:
@@ -260,9 +267,13 @@ def load_checkpoint(directory, model, optimizer) -> dict:
     Every file is checked against the checksum recorded when it was saved.
     """
     folder = latest_checkpoint(directory)
-    if folder is None or not folder.is_dir():
+    if folder is None:
         raise FileNotFoundError(f"no checkpoint in {directory}")
-    sums = json.loads((folder / "checksums.json").read_text(encoding="utf-8"))
+    try:
+        sums = json.loads((folder / "checksums.json").read_text(encoding="utf-8"))
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:  # missing, not UTF-8, not JSON
+        raise ValueError(f"the checkpoint {folder} is damaged ({error})") from None
     for file, expected in sums.items():
         if not (folder / file).is_file() or file_sha256(folder / file) != expected:
             raise ValueError(
@@ -272,7 +283,6 @@ def load_checkpoint(directory, model, optimizer) -> dict:
             )
     load_weights(model, folder / "model.safetensors")
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-    state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
     return {**state, **torch.load(folder / "rng.pt", weights_only=True)}
 
 

@@ -5,6 +5,8 @@
 """Training on several processes with DistributedDataParallel (appendix A)."""
 
 import os
+import sys
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -82,8 +84,25 @@ def setup_distributed(backend: str | None = None) -> ProcessPlace:
     if backend == "nccl":
         torch.cuda.set_device(place.local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend)  # finds the others through MASTER_ADDR/PORT
+        # Joining waits until all processes have come; one that waits for long
+        # says so, since a process started without the others would wait in silence.
+        where = f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}"
+        note = threading.Timer(NOTE_AFTER, print, [WAITING.format(place, where)])
+        note.kwargs = {"file": sys.stderr, "flush": True}
+        note.start()
+        try:
+            dist.init_process_group(backend)  # the others, via MASTER_ADDR/PORT
+        finally:
+            note.cancel()
     return place
+
+
+NOTE_AFTER = 10.0  # seconds of waiting to join before a process says so
+WAITING = (
+    "process {0.rank} is waiting for the other processes of {0.world_size} at "
+    "{1}; if they were not started, start them all with torchrun (or unset RANK, "
+    "LOCAL_RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT to train in one process)"
+)
 
 
 def teardown_distributed() -> None:
