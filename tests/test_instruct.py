@@ -331,6 +331,13 @@ class OddJudge(http.server.BaseHTTPRequestHandler):
             self.end_headers()
         elif OddJudge.mode == "fail":
             self.send_error(500)
+        elif OddJudge.mode == "slow-headers":  # the status line, a byte at a time
+            for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n" * 20:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(0.05)
+        elif OddJudge.mode == "not-http":  # another kind of server altogether
+            self.wfile.write(b"SSH-2.0-OpenSSH_9.6\r\n")
         elif OddJudge.mode == "trickle":  # a byte now and then, never the end
             self.send_response(200)
             self.send_header("Content-Length", "1000")
@@ -369,12 +376,23 @@ def odd_judge():
     server.server_close()
 
 
-def test_a_judge_that_trickles_its_reply_is_given_up_on_in_time(odd_judge):
-    OddJudge.mode = "trickle"
+@pytest.mark.parametrize("mode", ["trickle", "slow-headers"])
+def test_a_judge_that_trickles_its_reply_is_given_up_on_in_time(odd_judge, mode):
+    OddJudge.mode = mode
     start = time.monotonic()
     with pytest.raises(ConnectionError, match="did not answer within 0.5 s"):
         ask_judge("hi", odd_judge, "m", timeout=0.5)
     assert time.monotonic() - start < 3  # not the ten seconds it would trickle
+
+
+def test_a_server_that_is_no_judge_is_named(odd_judge):
+    OddJudge.mode = "not-http"
+    with pytest.raises(ConnectionError, match="does not answer as a judge would"):
+        ask_judge("hi", odd_judge, "m")
+    OddJudge.mode, OddJudge.good, OddJudge.served = "html", 1, 0
+    assert ask_judge("hi", odd_judge.replace("http", "HTTP"), "m") == "60"
+    with pytest.raises(ValueError, match=r"the judge's URL 'http://\[::1' is not one"):
+        ask_judge("hi", "http://[::1", "m")
 
 
 @pytest.mark.parametrize("mode", ["html", "latin1", "number"])

@@ -5,13 +5,17 @@
 """Instruction finetuning: prompts, batches, responses, evaluation (chapter 9)."""
 
 import functools
+import http.client
 import json
 import os
 import re
-import time
+import socket
+import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
+from http.client import HTTPConnection
 from pathlib import Path
 
 import torch
@@ -314,24 +318,23 @@ def parse_score(answer: str) -> int | None:
     return None
 
 
-class _NoRedirects(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):
-        return None  # the 3xx reaches ask_judge as an HTTPError
-
-
-_JUDGE_OPENER = urllib.request.build_opener(_NoRedirects)
-
-
 def ask_judge(
     prompt: str, url: str, model: str, api: str = "ollama", timeout: float = 120.0
 ) -> str:
     """Send one user message to a chat server and return the text of its reply.
-    A reply still unfinished after `timeout` seconds is given up on, however
-    slowly it trickles in (each wait for data is bounded by `timeout` too)."""
+    The whole reply must arrive within `timeout` seconds, however slowly the
+    server sends it: at the deadline the connection is closed."""
     if api not in JUDGE_APIS:
         raise ValueError(f"api must be one of {sorted(JUDGE_APIS)}, got {api!r}")
-    if not url.startswith(("http://", "https://")):
+    if not url.lower().startswith(("http://", "https://")):
         raise ValueError(f"the judge's URL must start with http:// or https://: {url}")
+    try:
+        where = urllib.parse.urlsplit(url)
+        secure = where.scheme == "https"
+        connection_type = http.client.HTTPSConnection if secure else HTTPConnection
+        connection = connection_type(where.hostname or "", where.port, timeout=timeout)
+    except ValueError as exc:  # a bad port or host
+        raise ValueError(f"the judge's URL {url!r} is not one ({exc})") from None
     path, read_answer = JUDGE_APIS[api]
     payload: dict[str, object] = {
         "model": model,
@@ -341,31 +344,34 @@ def ask_judge(
         payload |= {"stream": False, "options": {"temperature": 0, "seed": 123}}
     else:
         payload |= {"temperature": 0, "seed": 123}
-    request = urllib.request.Request(
-        url.rstrip("/") + path,
-        data=json.dumps(payload).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    deadline, body = time.monotonic() + timeout, b""
+    expired, sockets = threading.Event(), list[socket.socket]()
+
+    def hang_up() -> None:  # the deadline: shutting the socket ends any read
+        expired.set()
+        for sock in sockets:
+            sock.shutdown(socket.SHUT_RDWR)
+
+    deadline = threading.Timer(timeout, hang_up)
+    deadline.start()
     try:
-        with _JUDGE_OPENER.open(request, timeout=timeout) as response:
-            while chunk := response.read1(1 << 16):
-                body += chunk
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the reply took more than {timeout:g} s")
-    except urllib.error.HTTPError as exc:
-        moved = exc.headers.get("Location") if 300 <= exc.code < 400 else None
-        raise SetupError(
-            f"the judge at {url} redirects to {moved}: give that address instead"
-            if moved
-            else f"the judge at {url} answered {exc.code} {exc.reason} for model "
-            f"{model!r}"
-        ) from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        if isinstance(reason, TimeoutError):
+        connection.connect()
+        sockets.append(connection.sock)  # the response keeps reading from it
+        connection.request(
+            "POST",
+            where.path.rstrip("/") + path,
+            body=json.dumps(payload).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        response = connection.getresponse()
+        body = response.read()
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        if expired.is_set():
             raise ConnectionError(
-                f"the judge at {url} did not answer within {timeout:g} s ({reason})"
+                f"the judge at {url} did not answer within {timeout:g} s"
+            ) from None
+        if not isinstance(exc, OSError):  # it answered, but not as HTTP does
+            raise ConnectionError(
+                f"the server at {url} does not answer as a judge would ({exc!r})"
             ) from None
         start = (
             "start one with `ollama serve`, then `ollama pull " + model + "`"
@@ -374,9 +380,19 @@ def ask_judge(
             "llama-server or vLLM, say)"
         )
         raise ConnectionError(f"no judge answers at {url} ({exc}); {start}") from exc
+    finally:
+        deadline.cancel()
+        connection.close()
+    if 300 <= response.status < 400:
+        moved = response.getheader("Location")
+        raise SetupError(f"the judge at {url} redirects to {moved}: give that address")
+    if response.status >= 400:
+        raise SetupError(
+            f"the judge at {url} answered {response.status} {response.reason} for "
+            f"model {model!r}"
+        )
     try:
-        reply = json.loads(body.decode("utf-8"))
-        answer = read_answer(reply)
+        answer = read_answer(json.loads(body.decode("utf-8")))
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, IndexError, TypeError):
         answer = None
     if not isinstance(answer, str):

@@ -165,8 +165,11 @@ def evaluate_command(args) -> None:
         raise UsageError(
             "give --responses FILE, or a model (--checkpoint or --gpt2) and --data FILE"
         )
-    if args.judge_url and not args.judge_url.startswith(("http://", "https://")):
+    web = ("http://", "https://")
+    if args.judge_url and not args.judge_url.lower().startswith(web):
         raise UsageError(f"--judge-url {args.judge_url}: begin it with http://")
+    if args.out is not None and (args.out.exists() or args.out.is_symlink()):
+        raise UsageError(f"--out {args.out} exists already: choose a new file name")
     if args.out is not None and not args.out.parent.is_dir():
         raise UsageError(f"--out {args.out}: no folder {args.out.parent}")
     if args.responses is not None:
@@ -209,7 +212,8 @@ def evaluate_command(args) -> None:
             for entry, value in zip(entries, stopped.scores.scores, strict=False):
                 entry["judge_score"] = value
             if args.out is None:
-                raise
+                again = "give --out FILE to keep the scores of a judge that stops"
+                raise CommandError(f"{stopped}; {again}") from None
             save_json(entries, args.out)
             kept = f"the {len(stopped.scores.scores)} scores so far are in {args.out}"
             raise CommandError(f"{stopped}; {kept}") from None
