@@ -334,20 +334,34 @@ def test_save_and_load_a_classifier(tmp_path):
 def test_labelled_texts_come_from_tsv_or_csv(tmp_path):
     sms = read_labelled_texts(data_file("SMSSpamCollection"))
     assert len(sms) == 5574 and {label for _, label in sms} == {"ham", "spam"}
-    (tmp_path / "a.tsv").write_bytes(b"pos\tGood, very good\r\n\nneg\tBad\r\n")
-    (tmp_path / "a.csv").write_text('label,text\npos,"Good, very good"\nneg,Bad\n')
-    expected = [("Good, very good", "pos"), ("Bad", "neg")]
+    more = "pos\tFine\nneg\tAwful\n"  # two texts a label, as a classifier needs
+    (tmp_path / "a.tsv").write_bytes(
+        b"pos\tGood, very good\r\n\nneg\tBad\r\n" + more.encode()
+    )
+    (tmp_path / "a.csv").write_text(
+        'label,text\npos,"Good, very good"\nneg,Bad\n' + more.replace("\t", ",")
+    )
+    expected = [
+        ("Good, very good", "pos"),
+        ("Bad", "neg"),
+        ("Fine", "pos"),
+        ("Awful", "neg"),
+    ]
     assert read_labelled_texts(tmp_path / "a.tsv") == expected
     assert read_labelled_texts(tmp_path / "a.csv") == expected
     # Spreadsheet habits that are fine: a header in any case and order (a TSV's
     # too), a byte-order mark, more columns than the two, quoted newlines.
     for name, text in [
-        ("h.tsv", "Label\tText\npos\tGood, very good\nneg\tBad\n"),
-        ("h.csv", '\ufeffId,TEXT,Class\n1,"Good, very good",pos\n2,Bad,neg\n'),
+        ("h.tsv", "Label\tText\npos\tGood, very good\nneg\tBad\n" + more),
+        (
+            "h.csv",
+            '\ufeffId,TEXT,Class\n1,"Good, very good",pos\n2,Bad,neg\n'
+            "3,Fine,pos\n4,Awful,neg\n",
+        ),
     ]:
         (tmp_path / name).write_text(text, encoding="utf-8")
         assert read_labelled_texts(tmp_path / name) == expected, name
-    (tmp_path / "n.csv").write_text('text,label\n"two\nlines",pos\nBad,neg\n')
+    (tmp_path / "n.csv").write_text("text,label\n" + '"two\nlines",pos\nBad,neg\n' * 2)
     assert read_labelled_texts(tmp_path / "n.csv")[0] == ("two\nlines", "pos")
     # Issue 34: what was read wrongly without a word is now refused, naming the line.
     rows = "".join(f"{i}\tspam\tWin {i}\n" for i in range(12))
@@ -363,6 +377,11 @@ def test_labelled_texts_come_from_tsv_or_csv(tmp_path):
         ("k.tsv", rows.encode(), "k.tsv:1: 3 columns, not 2"),
         ("l.tsv", "".join(f"{i}\tWin {i}\n" for i in range(12)).encode(), "12 labels"),
         ("m.tsv", b"\n\n", "holds no texts"),
+        (
+            "o.tsv",
+            b"type\tsms\nham\tHi\nham\tOk\nspam\tWin\nspam\tCall",
+            "o.tsv:1: the",
+        ),
     ]:
         (tmp_path / name).write_bytes(content)
         with pytest.raises(ValueError, match=message):

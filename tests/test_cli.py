@@ -288,7 +288,7 @@ def test_mistakes_end_in_one_line_with_code_2_for_usage_and_1_for_failures(
         (
             ["pretrain", verdict, "--out", out, "--tokenizer", tmp_path / "bpe.json"],
             1,
-            "not a tokenizer that BPETokenizer.save wrote",
+            "not a tokenizer file that llmbook wrote",
         ),
         (["generate", "--checkpoint", out / "no", "--prompt", "x"], 1, "no such file"),
         (["generate", "--checkpoint", run, "--prompt", ""], 2, "--prompt is empty"),
@@ -883,3 +883,113 @@ def test_a_reader_that_stops_early_ends_generate_quietly(run):
     process.stdout.close()  # as head does once it has its lines
     _, err = process.communicate(timeout=120)
     assert process.returncode == 0 and err == b""
+
+
+def test_checkpoints_copied_from_another_run_are_refused(tmp_path, verdict):
+    """Issue 34: another run's checkpoints, copied in, were trained on."""
+    settings = [*TINY, "--context-length", 32, "--checkpoint-every", 2]
+    for name, seed in [("a", "7"), ("b", "8")]:
+        out = tmp_path / name
+        command(
+            "pretrain",
+            verdict,
+            "--out",
+            out,
+            *settings,
+            "--seed",
+            seed,
+            "--max-steps",
+            2,
+            check=0,
+        )
+    shutil.rmtree(tmp_path / "b" / "checkpoints")
+    shutil.copytree(tmp_path / "a" / "checkpoints", tmp_path / "b" / "checkpoints")
+    mixed = command("pretrain", "--out", tmp_path / "b", "--resume", "--max-steps", 4)
+    assert mixed.returncode == 1
+    assert "belongs to another run" in mixed.stderr and "copied in" in mixed.stderr
+
+
+def test_a_config_files_context_length_is_the_runs(tmp_path, verdict):
+    """Issue 34: --context-length's default silently replaced the file's, and the
+    run recorded a preset that it did not use."""
+    fields = {"emb_dim": 32, "n_heads": 2, "n_layers": 1, "context_length": 32}
+    (tmp_path / "model.json").write_text(json.dumps(fields))
+    settings: list = ["--tokenizer", "bpe:300", "--device", "cpu", "--quiet"]
+    settings += ["--config", tmp_path / "model.json", "--max-steps", 1]
+    both = command(
+        "pretrain", verdict, "--out", tmp_path / "a", *settings, "--context-length", 64
+    )
+    assert both.returncode == 2 and "disagree; give the length once" in both.stderr
+    command("pretrain", verdict, "--out", tmp_path / "b", *settings, check=0)
+    manifest = json.loads((tmp_path / "b" / "run.json").read_text())
+    assert manifest["model"]["context_length"] == 32
+    assert manifest["settings"]["preset"] is None
+
+
+def test_evaluate_writes_no_file_it_would_replace(tmp_path, run):
+    """Issue 34: evaluate --out replaced a model, a run.json or a data file, and a
+    folder as --out was found only after all the judging."""
+    answered = [{"instruction": "Say hi.", "output": "hi", "model_response": "hi"}]
+    (tmp_path / "answers.json").write_text(json.dumps(answered))
+    before = folder_state(run)
+    for out, message in [
+        (run / "run.json", "exists already: choose a new file name"),
+        (run / "model.safetensors", "exists already"),
+        (tmp_path, "exists already"),
+    ]:
+        result = command(
+            "evaluate",
+            "--responses",
+            tmp_path / "answers.json",
+            "--judge-url",
+            "http://127.0.0.1:9",
+            "--out",
+            out,
+        )
+        assert result.returncode == 2 and message in result.stderr
+    assert folder_state(run) == before
+
+
+def test_finetuning_a_classifier_refuses_texts_it_would_cut(tmp_path, run):
+    long = "spam\t" + "win money now " * 300 + "\n"
+    (tmp_path / "long.tsv").write_text("ham\tHello there\nspam\tWin now\n" * 10 + long)
+    start = ["--checkpoint", run, "--device", "cpu", "--quiet", "--epochs", 1]
+    cut = command(
+        "finetune",
+        "classify",
+        "--data",
+        tmp_path / "long.tsv",
+        *start,
+        "--out",
+        tmp_path / "a",
+    )
+    assert cut.returncode == 1
+    assert "long.tsv: text 21 has" in cut.stderr and "--max-length 256" in cut.stderr
+    wide = command(
+        "finetune",
+        "classify",
+        "--data",
+        tmp_path / "long.tsv",
+        *start,
+        "--out",
+        tmp_path / "b",
+        "--max-length",
+        1000,
+    )
+    assert wide.returncode == 2 and "the model reads 256 at most" in wide.stderr
+    command(
+        "finetune",
+        "classify",
+        "--data",
+        tmp_path / "long.tsv",
+        *start,
+        "--out",
+        tmp_path / "c",
+        "--max-length",
+        64,
+        "--checkpoint-every",
+        1,
+        check=0,
+    )
+    again = command("finetune", "classify", "--out", tmp_path / "c", "--resume")
+    assert again.returncode == 2 and "has finished" in again.stderr

@@ -207,6 +207,8 @@ def test_rouge_l_is_one_for_a_copy_and_lower_for_less():
         ("Score: 8/10", 80),
         ("4 out of 5 stars", 80),
         ("12/10", 12),  # not a fraction of a scale: its first number
+        ("Score: -20", None),  # below the scale: no score, not 20
+        ("I'd say 3 of 5 points; overall about 60.", 60),
         ("-", None),
         ("0", 0),
     ],

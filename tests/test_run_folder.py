@@ -55,9 +55,13 @@ def test_a_new_folder_gets_a_manifest_and_a_lock_with_the_pid(tmp_path):
     folder = tmp_path / "a" / "run"
     with open_run_folder(folder, "classifier") as run:
         assert (folder / ".lock").read_text() == f"{os.getpid()}\n"
-        assert read_manifest(folder) == {"kind": "classifier"}
+        manifest = read_manifest(folder)
+        assert manifest is not None and manifest.keys() == {"kind", "id"}
+        assert manifest["kind"] == "classifier" and len(manifest["id"]) == 32
         run.save_manifest(settings={"lr": 0.1})
-    assert read_manifest(folder) == {"settings": {"lr": 0.1}, "kind": "classifier"}
+    assert read_manifest(folder) == manifest | {"settings": {"lr": 0.1}}
+    with open_run_folder(tmp_path / "b", "classifier") as other:
+        assert other.manifest["id"] != manifest["id"]  # every run its own
 
 
 def test_a_folder_another_process_holds_is_refused_with_its_pid(tmp_path):
@@ -82,7 +86,7 @@ def test_within_one_process_a_second_claim_is_refused_too(tmp_path):
 def test_a_lock_file_left_behind_is_no_lock(tmp_path):
     (tmp_path / ".lock").write_text("999999999\n")  # no such process
     with open_run_folder(tmp_path, "instruction") as run:
-        assert run.manifest == {"kind": "instruction"}
+        assert run.manifest["kind"] == "instruction"
 
 
 def work(folder) -> None:
@@ -148,7 +152,7 @@ def test_a_run_that_fails_before_saving_anything_leaves_the_folder_as_it_was(
     with pytest.raises(OSError), open_run_folder(tmp_path, "pretraining"):
         work(tmp_path)
         raise OSError("disk full")
-    assert read_manifest(tmp_path) == {"kind": "pretraining"}
+    assert (read_manifest(tmp_path) or {})["kind"] == "pretraining"
 
 
 def test_a_run_of_before_manifests_is_a_pretraining_run(tmp_path):
@@ -187,7 +191,7 @@ def test_a_holder_stopped_by_ctrl_c_releases_the_folder(tmp_path):
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=30) != 0
     with open_run_folder(tmp_path, "pretraining") as run:
-        assert run.manifest == {"kind": "pretraining"}
+        assert run.manifest["kind"] == "pretraining"
 
 
 def test_what_a_killed_process_left_behind_is_cleared_at_the_next_claim(tmp_path):
@@ -213,6 +217,8 @@ def test_checkpoints_get_the_permissions_of_any_new_folder_and_say_disk_full(
     finally:
         os.umask(mask)
     assert folder.stat().st_mode & 0o777 == 0o755  # mkdtemp alone gives 0o700
+    for file in ["model.safetensors", "optimizer.pt", "state.json"]:
+        assert (folder / file).stat().st_mode & 0o777 == 0o644, file  # not 0o600
 
     def full(*args, **kwargs):  # what torch.save says when the disk is full
         raise RuntimeError("PytorchStreamWriter failed writing file data/0")

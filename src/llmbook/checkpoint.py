@@ -11,6 +11,7 @@ import re
 import shutil
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from llmbook.files import atomic_write, file_sha256, save_json
+from llmbook.files import atomic_write, current_umask, file_sha256, save_json
 from llmbook.model import GPTConfig, GPTModel
 
 
@@ -129,6 +130,10 @@ def _check_open_file(model, f, path) -> dict:
 FLOAT_TYPES = {"F16", "BF16", "F32", "F64"}  # safetensors' names of float types
 
 
+class ClassifierFileError(ValueError):
+    """A model file that holds a classifier (chapter 8), not a language model."""
+
+
 def load_model_file(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """The GPTModel stored by save_model and the strings of the file's header
     (what `metadata` added: a tokenizer's name, say), from one reading of the file."""
@@ -137,7 +142,7 @@ def load_model_file(path: str | os.PathLike, device: str | torch.device = "cpu")
         if metadata.get("format") != "llmbook-gpt":
             raise ValueError(f"{path} was not written by llmbook's save_model")
         if "num_classes" in metadata:
-            raise ValueError(
+            raise ClassifierFileError(
                 f"{path} holds a classifier with {metadata['num_classes']} classes: "
                 "load it with llmbook.classify.load_classifier, or label texts with "
                 "the command `llmbook classify`"
@@ -178,13 +183,6 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     return Path(directory) / name
 
 
-def _umask() -> int:
-    """The process's umask: the permissions that new files do not get."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _fsync(path: Path) -> None:
     """Push a file (or a folder's entries) from the OS cache to the disk."""
     fd = os.open(path, os.O_RDONLY)
@@ -217,7 +215,7 @@ def save_checkpoint(
     directory.mkdir(parents=True, exist_ok=True)
     name = f"step-{state['step']:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=directory))
-    tmp.chmod(0o777 & ~_umask())  # as any new folder (mkdtemp's are private)
+    tmp.chmod(0o777 & ~current_umask())  # as any new folder (mkdtemp's are private)
     try:
         save_model(model, tmp / "model.safetensors")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -335,7 +333,10 @@ def _locked(folder: Path) -> Iterator[None]:
     """Hold the lock of `folder` while the block runs, or raise RunFolderError
     naming the process that holds it."""
     lock = folder / ".lock"
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as error:  # a read-only folder, say
+        raise RunFolderError(f"cannot write in {folder} ({error.strerror})") from None
     try:
         try:
             _lock_file(fd)
@@ -407,7 +408,8 @@ def open_run_folder(
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise RunFolderError(f"cannot create the folder {path}: {error}") from None
+        problem = f"cannot create the folder {path} ({error.strerror})"
+        raise RunFolderError(problem) from None
     with _locked(path):
         _remove_leftovers(path)
         manifest = read_manifest(path)
@@ -431,8 +433,8 @@ def open_run_folder(
                 "new or empty folder"
             )
         folder = RunFolder(path, kind, manifest if resume and manifest else {})
-        if not resume:
-            folder.save_manifest()  # from now on the folder says what it holds
+        if not resume:  # from now on the folder says what it holds, and whose
+            folder.save_manifest(id=uuid.uuid4().hex)  # checkpoints it keeps
         try:
             yield folder
         except BaseException:

@@ -413,7 +413,8 @@ def read_labelled_texts(path: str | os.PathLike) -> list[tuple[str, str]]:
     label column is a header, and the columns are then taken by name; a .csv
     file needs one. What could be read two ways is an error naming its line: a
     row of another width, a missing label or text, labels that differ only in
-    case, fewer than two labels, or about as many labels as texts."""
+    case, fewer than two labels, about as many labels as texts, or a label with
+    one text (a header of unknown names, most often)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
@@ -469,4 +470,12 @@ def read_labelled_texts(path: str | os.PathLike) -> list[tuple[str, str]]:
             f"{path}: {len(classes)} labels for {len(pairs)} texts; is the first "
             "column the label? Name the columns in a header row (text, label)"
         )
+    for label, count in classes.items():
+        if count == 1:  # a header row that names no known column, most likely
+            line = spelled[label.casefold()][1]
+            raise ValueError(
+                f"{path}:{line}: the label {label!r} has this one text only; if the "
+                "line is a header, name its columns text and label, else give each "
+                "label two texts or more"
+            )
     return pairs

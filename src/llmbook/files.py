@@ -42,6 +42,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
         ) from exc
     try:
         write(tmp)
+        tmp.chmod(0o666 & ~current_umask())  # whatever `write` did (safetensors: 0o600)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())  # the bytes are on disk before the name is
         os.replace(tmp, path)  # atomic on POSIX and Windows
@@ -49,6 +50,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def current_umask() -> int:
+    """The permissions that new files do not get (the process's umask)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def save_json(data, path: str | os.PathLike) -> Path:

@@ -63,12 +63,16 @@ def read_entries(path: str | os.PathLike) -> list[dict]:
     """The entries of a file of your own: a non-empty JSON list of objects with
     an instruction and an output (and an input if any), checked."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder, not a file of entries")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
+        entries = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a BOM
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not JSON in UTF-8 ({error})") from None
+        jsonl = "Extra data" in str(error)  # JSON Lines: an object a line
+        hint = "; give one JSON list of the entries" if jsonl else ""
+        raise ValueError(f"{path}: not JSON in UTF-8 ({error}){hint}") from None
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{path}: expected a non-empty JSON list of entries")
     try:
@@ -300,16 +304,16 @@ class JudgeScores:
 
 
 def parse_score(answer: str) -> int | None:
-    """The judge's score from 0 to 100: the first fraction in its answer (8/10 or
-    4 out of 5) put on that scale, else its first whole number up to 100, else
-    None.
+    """The judge's score from 0 to 100: the first fraction in its answer (8/10,
+    4 out of 5) put on that scale, else its first whole number up to 100 (not a
+    negative one), else None.
 
     >>> [parse_score(a) for a in ["Score: 85/100", "7.5/10", "4 out of 5", "7", "ok"]]
     [85, 75, 80, 7, None]
     """
-    number = r"(?<![\d.])\d{1,3}(?![\d.]*\d)"  # whole: not part of 7.5 or 1000
-    part = r"(?<![\d.])(\d{1,3}(?:\.\d+)?)"  # 8, or 7.5
-    fraction = re.search(rf"{part}\s*(?:/|out of)\s*({number})", answer)
+    number = r"(?<![\d.-])\d{1,3}(?![\d.]*\d)"  # whole: not of 7.5, 1000 or -20
+    part = r"(?<![\d.-])(\d{1,3}(?:\.\d+)?)"  # 8, or 7.5
+    fraction = re.search(rf"{part}\s*(?:/|out of|of)\s*({number})", answer)
     if fraction and 0 <= float(fraction[1]) <= float(fraction[2]) > 0:
         return round(100 * float(fraction[1]) / float(fraction[2]))
     for match in re.finditer(number, answer):

@@ -51,6 +51,7 @@ class TrainingConfig:
     checkpoint_every: int | None = None  # steps between checkpoints
     keep_checkpoints: int = 2  # older ones are deleted
     overwrite_checkpoints: bool = False  # may a new run delete an old run's?
+    run_id: str | None = None  # a run's name: its checkpoints resume no other run
     max_steps: int | None = None  # stop after this many steps in total
     progress: bool = True  # show a progress bar
     # Speed (appendix C); none of them changes what is computed, up to rounding.
@@ -311,6 +312,13 @@ def _starting_point(config, model, optimizer, train_loader, resume: bool):
                 f"process(es), and this one has {world_size()}; resume it with "
                 "as many, or start afresh"
             )
+        if None not in (config.run_id, saved.get("run_id")) and (
+            saved["run_id"] != config.run_id
+        ):
+            raise ValueError(
+                f"{earlier} belongs to another run ({saved['run_id']}, not "
+                f"{config.run_id}): its checkpoints were copied in; start afresh"
+            )
         if saved["data"] != describe_data(train_loader):
             raise ValueError(
                 f"{earlier} was trained on other data or batches (saved: "
@@ -409,6 +417,7 @@ def _save_run(run: _Run, model, optimizer, train_loader) -> None:
         "data": describe_data(train_loader),
         "schedule": None if run.schedule is None else vars(run.schedule),
         "processes": world_size(),
+        "run_id": run.config.run_id,
     }
     rng: dict = {"epoch_rng": run.epoch_rng, "rng": _rng_states(train_loader)}
     every_rng = gather_objects(rng)  # one per process, in order of rank

@@ -19,6 +19,7 @@ import torch
 
 from llmbook.bpe import BPETokenizer
 from llmbook.checkpoint import (
+    ClassifierFileError,
     RunFolder,
     RunFolderError,
     latest_checkpoint,
@@ -159,6 +160,9 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+PIPE = "<pipe>"  # the name a run records for text from <(...) or a FIFO
+
+
 def read_stdin() -> str:
     """All of standard input, as UTF-8 text."""
     if sys.stdin is None or sys.stdin.closed:
@@ -191,7 +195,8 @@ def read_texts(sources: list[str]) -> list[tuple[str, str]]:
                 raise CommandError(f"{source}: no such file, folder or pattern")
         for file in files:
             try:
-                found.append((str(file.resolve()), file.read_text(encoding="utf-8")))
+                name = str(file.resolve()) if file.is_file() else PIPE  # <(...)
+                found.append((name, file.read_text(encoding="utf-8")))
             except UnicodeDecodeError:
                 raise CommandError(f"{file}: not a UTF-8 text file") from None
             except OSError as error:
@@ -214,7 +219,7 @@ def load_tokenizer(spec: str, folder: Path | None = None):
         return BPETokenizer.load(path)
     except (TypeError, ValueError, KeyError, AttributeError) as error:
         raise CommandError(
-            f"{path}: not a tokenizer that BPETokenizer.save wrote ({error!r})"
+            f"{path}: not a tokenizer file that llmbook wrote ({error})"
         ) from None
 
 
@@ -250,6 +255,13 @@ def claim_out(args, kind: str) -> Iterator[RunFolder]:
         yield run
 
 
+def shown(value) -> str:
+    """A setting as a user writes it: a switch on or off, a value, or unset."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "unset" if value is None else str(value)
+
+
 def settings_of(args, defaults: dict, saved: dict | None) -> dict:
     """The values of the options in `defaults` (which default to None): those
     given, else the defaults; on --resume the run's `saved` ones, where an option
@@ -268,8 +280,8 @@ def settings_of(args, defaults: dict, saved: dict | None) -> dict:
         if given is not None and given != before:
             option = "--" + name.replace("_", "-")
             raise UsageError(
-                f"--resume: the run has {option} {before}, this command {given}; "
-                "leave the option out to keep the run's"
+                f"--resume: the run has {option} {shown(before)}, this command "
+                f"{shown(given)}; leave the option out to keep the run's"
             )
         settings[name] = before
     return settings
@@ -313,7 +325,13 @@ def load_base_model(args, device) -> tuple[GPTModel, Any, str]:
         load_gpt2_weights(model, folder)
         return model.to(device), gpt2_tokenizer(), "gpt2"
     weights, folder = model_file(args.checkpoint)
-    model, metadata = load_model_file(weights, device)  # one reading of the file
+    try:
+        model, metadata = load_model_file(weights, device)  # one reading of the file
+    except ClassifierFileError:
+        raise CommandError(
+            f"{weights} holds a classifier, which labels texts (llmbook classify); "
+            "generating and finetuning start from a pretraining or instruction run"
+        ) from None
     tokenizer, spec = tokenizer_of(metadata, folder)
     if vocabulary_size(tokenizer) > model.cfg.vocab_size:
         raise CommandError(

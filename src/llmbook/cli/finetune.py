@@ -121,13 +121,19 @@ def finetune_inputs(args, run, defaults: dict) -> tuple[dict, dict]:
     """The settings, and the data file and base model, of a finetuning run: those
     given, or on --resume the run's, where a changed value or file is refused."""
     saved = run.manifest if args.resume else None
+    if saved is not None and any(args.out.glob("*.safetensors")):
+        raise UsageError(
+            f"--resume: the run in {args.out} has finished, and its model is saved; "
+            "to train further, start a new run from it (--checkpoint)"
+        )
     settings = settings_of(args, defaults, saved)
     before = (saved or {}).get("inputs", {})
     data = args.data or (Path(before["data"]) if "data" in before else None)
     if data is None:
         raise UsageError("give --data FILE, the examples to finetune on")
     if not data.is_file():
-        raise CommandError(f"--data {data}: no such file")
+        what = "a folder, not a file" if data.is_dir() else "no such file"
+        raise CommandError(f"--data {data}: {what}")
     base = {"checkpoint": args.checkpoint, "gpt2": args.gpt2}
     if base == {"checkpoint": None, "gpt2": None}:
         base = before.get("base") or {}
@@ -145,7 +151,7 @@ def finetune_inputs(args, run, defaults: dict) -> tuple[dict, dict]:
     return settings, inputs
 
 
-def finetune(args, kind, settings, model, loaders, device, loss_fn=None):
+def finetune(args, run, kind, settings, model, loaders, device, loss_fn=None):
     """Chapter 8's and 9's training, AdamW on the parameters that train, with
     checkpoints in --out/checkpoints, so that --resume can finish a stopped run
     of `llmbook finetune KIND`."""
@@ -157,6 +163,7 @@ def finetune(args, kind, settings, model, loaders, device, loss_fn=None):
         checkpoint_dir=args.out / "checkpoints",
         checkpoint_every=settings["checkpoint_every"],
         progress=not args.quiet,
+        run_id=run.manifest.get("id"),  # checkpoints of no other run
     )
     try:
         train_loader, val_loader = loaders
@@ -178,6 +185,22 @@ def finetune(args, kind, settings, model, loaders, device, loss_fn=None):
             ) from None
         again = f"llmbook finetune {kind} --out {args.out} --resume"
         raise KeyboardInterrupt(f"interrupted; continue with: {again}") from None
+
+
+def classifier_length(labelled, tokenizer, model, settings, data) -> int:
+    """The tokens a text gets: --max-length, else the longest text's; a text
+    longer than the model reads is refused unless --max-length asks to cut it."""
+    context, wanted = model.cfg.context_length, settings["max_length"]
+    if wanted is not None and wanted > context:
+        raise UsageError(f"--max-length {wanted}: the model reads {context} at most")
+    sizes = [len(tokenizer.encode(text, disallowed_special=())) for text, _ in labelled]
+    if wanted is None and max(sizes) > context:
+        i = next(i for i, size in enumerate(sizes) if size > context)
+        raise CommandError(
+            f"{data}: text {i + 1} has {sizes[i]} tokens, more than the {context} the "
+            f"model reads; give --max-length {context} to label texts by their start"
+        )
+    return wanted or max(sizes)
 
 
 def finetune_classify(args) -> None:
@@ -206,8 +229,7 @@ def train_classifier(args, run, settings: dict, inputs: dict) -> None:
     device = pick_device(args.device)
     model, tokenizer, spec = load_base_model(Namespace(**inputs["base"]), device)
     pad_id = end_of_text(tokenizer)
-    longest = max(len(tokenizer.encode(t, disallowed_special=())) for t, _ in splits[0])
-    max_length = min(settings["max_length"] or longest, model.cfg.context_length)
+    max_length = classifier_length(labelled, tokenizer, model, settings, inputs["data"])
     keep = keep_tokenizer(spec, out)  # the run's own copy of its tokenizer
     run.save_manifest(settings=settings, inputs=inputs, tokenizer=keep)
     train, val, test = splits
@@ -226,7 +248,8 @@ def train_classifier(args, run, settings: dict, inputs: dict) -> None:
     add_classification_head(model, len(labels), settings["trainable_blocks"])
     model.to(device)
     loss_fn = partial(calc_classification_loss, pad_token_id=pad_id)
-    history = finetune(args, "classify", settings, model, loaders[:2], device, loss_fn)
+    pair = loaders[0], loaders[1]
+    history = finetune(args, run, "classify", settings, model, pair, device, loss_fn)
     saved = out / "classifier.safetensors"  # first: nothing after can lose it
     save_classifier(model, saved, labels, keep, max_length, pad_id)
     accuracy = {

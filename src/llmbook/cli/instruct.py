@@ -113,7 +113,7 @@ def train_instructions(args, run, settings: dict, inputs: dict) -> None:
         mask_prompt=settings["mask_prompt"],
     )
     torch.manual_seed(settings["seed"])
-    history = finetune(args, "instruct", settings, model, loaders, device)
+    history = finetune(args, run, "instruct", settings, model, loaders, device)
     saved = out / "model.safetensors"  # first: nothing after can lose it
     save_model(model, saved, metadata={"tokenizer": keep})
     finish_training(history, out, "instruction finetuning", saved)
@@ -123,7 +123,7 @@ def train_instructions(args, run, settings: dict, inputs: dict) -> None:
         )
         answers = save_json(answered, out / "test-responses.json")
         print(
-            f"answered the {len(test)} test instructions in {answers}; score "
+            f"answered {len(test)} test instruction(s) in {answers}; score "
             f"them with: llmbook evaluate --responses {answers}"
         )
 

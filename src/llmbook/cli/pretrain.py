@@ -4,64 +4,39 @@
 
 """`llmbook pretrain`: a GPT pretrained on text files, resumable (chapter 7)."""
 
-import dataclasses
-import hashlib
-import json
-from argparse import Namespace
 from pathlib import Path
 
 import torch
 
-from llmbook.bpe import BPETokenizer
 from llmbook.checkpoint import RunFolder, latest_checkpoint, save_model
 from llmbook.cli.common import (
     COUNT,
     RATE,
-    RUN_FILE,
     SEED,
     SHARE,
-    CommandError,
     UsageError,
     add_command,
     add_device_option,
     claim_out,
     finish_training,
-    load_tokenizer,
     number,
     pick_device,
-    read_texts,
-    settings_of,
     vocabulary_size,
 )
-from llmbook.data import create_dataloader
+from llmbook.cli.settings import (
+    PRETRAIN,
+    RUN_LENGTH,
+    loaders,
+    pretrain_settings,
+    pretraining_data,
+    pretraining_tokenizer,
+    run_config,
+    text_sha256,
+)
 from llmbook.distributed import device_for, distributed, distributed_loader, print0
 from llmbook.fast import configure_optimizer
-from llmbook.model import PRESETS, GPTConfig, GPTModel
+from llmbook.model import PRESETS, GPTModel
 from llmbook.train import TrainingConfig, train_model
-
-# The settings of a pretraining run. Their options default to None, so that
-# --resume knows which ones were given; these are the values that None stands for.
-PRETRAIN = {
-    "preset": "gpt2-small",
-    "config": None,
-    "tokenizer": "gpt2",
-    "context_length": 256,
-    "batch_size": 8,
-    "lr": 4e-4,
-    "weight_decay": 0.1,
-    "warmup_steps": 0,
-    "cosine": False,
-    "max_grad_norm": None,
-    "val_share": 0.1,
-    "seed": 123,
-    # Evaluating draws random numbers (each pass over a loader takes a seed), so
-    # the weights a run ends with depend on when it evaluates too.
-    "eval_freq": 50,
-    "eval_batches": 10,
-}
-# How long a run goes on and how often it saves: kept by --resume too, but these
-# may be given again with new values, to train a run further.
-RUN_LENGTH = {"epochs": None, "max_steps": None, "checkpoint_every": 100}
 
 
 def add_pretrain(commands) -> None:
@@ -144,149 +119,6 @@ def add_pretrain(commands) -> None:
     p.set_defaults(run=pretrain)
 
 
-def pretrain_settings(args, saved: dict | None) -> dict:
-    """The run's settings: on --resume those the run `saved`, except its length
-    when --epochs or --max-steps gives a new one (the two replace both). Files
-    given again on --resume are compared by what they hold, not by their path."""
-    if args.config is not None and args.preset is not None:
-        raise UsageError("give --preset or --config, not both")
-    files = {"config": None, "tokenizer": None} if saved is not None else {}
-    settings = settings_of(Namespace(**vars(args) | files), PRETRAIN, saved)
-    if saved is not None and args.tokenizer not in (None, settings["tokenizer"]):
-        copy, given = args.out / "tokenizer.json", Path(args.tokenizer)
-        if not (copy.is_file() and given.is_file()) or (
-            copy.read_bytes() != given.read_bytes()
-        ):
-            raise UsageError(
-                f"--resume: the run has --tokenizer {settings['tokenizer']}, this "
-                f"command {args.tokenizer}; leave the option out to keep the run's"
-            )
-    new_length = args.epochs is not None or args.max_steps is not None
-    for name, default in RUN_LENGTH.items():
-        given = getattr(args, name)
-        before = default if saved is None else saved["settings"].get(name, default)
-        if new_length and name != "checkpoint_every":
-            before = None  # a saved --max-steps must not cap a new --epochs
-        settings[name] = before if given is None else given
-    return settings
-
-
-def run_config(settings: dict, vocab_size: int, saved, given: str | None) -> GPTConfig:
-    """The model's configuration: on --resume the one the run recorded (a
-    --config file `given` again but edited since is refused), else from --preset
-    or --config."""
-    if saved is None or "model" not in saved:
-        return model_config(settings, vocab_size)
-    try:
-        cfg = GPTConfig(**saved["model"])
-    except (TypeError, ValueError) as error:
-        damaged = f"run.json: its model configuration is damaged ({error})"
-        raise CommandError(damaged) from None
-    if given and model_config(settings | {"config": given}, vocab_size) != cfg:
-        raise UsageError(
-            f"--resume: --config {given} has changed since the run started; leave "
-            "it out, and the run keeps the configuration it recorded"
-        )
-    return cfg
-
-
-def model_config(settings: dict, vocab_size: int) -> GPTConfig:
-    if settings["config"] is None:
-        return GPTConfig.preset(
-            settings["preset"],
-            context_length=settings["context_length"],
-            vocab_size=vocab_size,
-        )
-    path = Path(settings["config"])
-    try:
-        fields = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise CommandError(f"--config {path}: {error}") from None
-    known = {f.name for f in dataclasses.fields(GPTConfig)}
-    if not isinstance(fields, dict) or set(fields) - known:
-        unknown = sorted(set(fields) - known) if isinstance(fields, dict) else fields
-        raise CommandError(f"--config {path}: not GPTConfig fields: {unknown}")
-    fields |= {"context_length": settings["context_length"], "vocab_size": vocab_size}
-    try:
-        return GPTConfig(**fields)
-    except (TypeError, ValueError) as error:  # a field of the wrong type or size
-        raise CommandError(f"--config {path}: {error}") from None
-
-
-def pretraining_data(args, saved: dict | None) -> tuple[str, list[str]]:
-    """The text of the run and the names of its files: those given, or on
-    --resume the run's own, which must not have changed."""
-    sources = args.text
-    data = {} if saved is None else saved.get("data")
-    if not isinstance(data, dict) or (saved is not None and not text_recorded(data)):
-        raise CommandError(f"{args.out / RUN_FILE} is damaged: no record of its text")
-    if not sources and saved is not None:
-        sources = data["files"]
-        if "-" in sources:
-            raise UsageError("--resume: the run read standard input; give - again")
-    if not sources:
-        raise UsageError("give the text to train on: files, folders, globs or -")
-    texts = read_texts(sources)
-    text = "\n\n".join(part for _, part in texts)
-    if not text.strip():
-        raise CommandError("the text is empty: there is nothing to train on")
-    if saved is not None and text_sha256(text) != data["sha256"]:
-        raise CommandError(
-            "--resume: the text is not the one the run was trained on; resume with "
-            "the same files, or start a new run"
-        )
-    return text, [name for name, _ in texts]
-
-
-def text_sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def text_recorded(data: dict) -> bool:
-    """Whether a run's record of its text is whole: its files and checksum."""
-    return isinstance(data.get("files"), list) and isinstance(data.get("sha256"), str)
-
-
-def pretraining_tokenizer(settings: dict, train_text: str, out: Path, saved):
-    """The run's tokenizer and the name the run records: `gpt2`, or the run's own
-    copy, tokenizer.json (`bpe:N` trains one; a file is copied into the run)."""
-    if saved is not None:  # the run's own, whatever the working folder
-        spec = saved.get("tokenizer", settings["tokenizer"])
-        return load_tokenizer(spec, out), spec
-    spec = settings["tokenizer"]
-    if spec == "gpt2":
-        return load_tokenizer(spec), spec
-    if not spec.startswith("bpe:"):
-        return load_tokenizer(spec), "tokenizer.json"
-    try:
-        size = int(spec.removeprefix("bpe:"))
-    except ValueError:
-        raise UsageError(f"--tokenizer {spec}: write bpe:N with a number N") from None
-    tokenizer = BPETokenizer().train(train_text, vocab_size=size)
-    return tokenizer, "tokenizer.json"
-
-
-def loaders(text: str, settings: dict, tokenizer):
-    """Training and validation loaders: the text's last `val_share` is held out."""
-    split = int((1 - settings["val_share"]) * len(text))
-    size = {"max_length": settings["context_length"]}
-    size["stride"] = size["max_length"]
-    parts = []
-    for name, part, kind in [
-        ("training", text[:split], {"seed": settings["seed"]}),
-        ("validation", text[split:], {"shuffle": False, "drop_last": False}),
-    ]:
-        try:
-            parts.append(
-                create_dataloader(
-                    part, settings["batch_size"], tokenizer=tokenizer, **size, **kind
-                )
-            )
-        except ValueError as error:
-            raise CommandError(f"the {name} text is too short: {error}") from None
-    return parts
-
-
 def pretrain(args) -> None:
     with claim_out(args, "pretraining") as run:  # before any work: see chapter 7
         saved = run.manifest if args.resume else None
@@ -345,6 +177,7 @@ def train_run(args, run: RunFolder, settings, text, names, saved) -> None:
             warmup_steps=settings["warmup_steps"],
             cosine_decay=settings["cosine"],
             max_grad_norm=settings["max_grad_norm"],
+            run_id=run.manifest.get("id"),  # checkpoints of no other run
         )
         if place.is_main:  # on --resume, with the run's new length
             if spec == "tokenizer.json" and not resuming:
