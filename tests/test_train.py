@@ -438,7 +438,7 @@ def test_a_truncated_model_file_is_named(tmp_path, keep):
     data = path.read_bytes()
     path.write_bytes(data[:keep] if keep else b"")
     for load in (load_model, lambda p: load_weights(GPTModel(CFG), p)):
-        with pytest.raises(ValueError, match="model.safetensors is not a readable"):
+        with pytest.raises(ValueError, match="model.safetensors is not a model file"):
             load(path)
     path.write_bytes(data[:-50])
     with pytest.raises(ValueError, match="truncated or damaged"):

@@ -33,7 +33,7 @@ def open_safetensors(path: str | os.PathLike):
         return safe_open(str(path), framework="pt")
     except SafetensorError as exc:
         raise ValueError(
-            f"{path} is not a readable safetensors file; it may be truncated or "
+            f"{path} is not a model file (safetensors), or it is truncated or "
             f"damaged ({exc})"
         ) from None
 

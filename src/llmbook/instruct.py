@@ -368,6 +368,8 @@ def ask_judge(
         )
         response = connection.getresponse()
         body = response.read()
+    except http.client.InvalidURL as exc:  # a space in it, say: nothing was sent
+        raise ValueError(f"the judge's URL {url!r} is not one ({exc})") from None
     except (OSError, http.client.HTTPException, ValueError) as exc:
         if expired.is_set():
             raise ConnectionError(

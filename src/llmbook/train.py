@@ -305,19 +305,13 @@ def _starting_point(config, model, optimizer, train_loader, resume: bool):
         if is_main_process():
             remove_checkpoints(config.checkpoint_dir)
     elif earlier is not None:
+        _check_run_id(config, earlier)  # before its weights, which may not even fit
         saved = load_checkpoint(config.checkpoint_dir, model, optimizer)
         if saved.get("processes", 1) != world_size():
             raise ValueError(
                 f"{earlier} was written by a run of {saved.get('processes', 1)} "
                 f"process(es), and this one has {world_size()}; resume it with "
                 "as many, or start afresh"
-            )
-        if None not in (config.run_id, saved.get("run_id")) and (
-            saved["run_id"] != config.run_id
-        ):
-            raise ValueError(
-                f"{earlier} belongs to another run ({saved['run_id']}, not "
-                f"{config.run_id}): its checkpoints were copied in; start afresh"
             )
         if saved["data"] != describe_data(train_loader):
             raise ValueError(
@@ -332,6 +326,20 @@ def _starting_point(config, model, optimizer, train_loader, resume: bool):
             shutil.rmtree(leftover)  # half-written by a run that was killed
     barrier()
     return history, at, saved
+
+
+def _check_run_id(config, checkpoint: Path) -> None:
+    """Refuse a checkpoint saved by a run of another `run_id` (copied in)."""
+    try:
+        state = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # load_checkpoint names what is wrong with the folder
+    theirs = state.get("run_id") if isinstance(state, dict) else None
+    if None not in (config.run_id, theirs) and theirs != config.run_id:
+        raise ValueError(
+            f"{checkpoint} belongs to another run ({theirs}, not {config.run_id}): "
+            "its checkpoints were copied in; start afresh"
+        )
 
 
 def _last_step(config, at, batches_per_epoch: int) -> int:

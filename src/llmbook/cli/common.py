@@ -55,8 +55,11 @@ FAILURES = (ValueError, OSError, FloatingPointError, SetupError)
 
 def one_line(error: BaseException) -> str:
     """An exception's message on one line (a report of several problems, joined)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return "; ".join(lines) or type(error).__name__
+    text = ""
+    for line in (line.strip() for line in str(error).splitlines()):
+        if line:  # after "(2 problems):" the list goes on with a space, then "; "
+            text += (" " if text.endswith(":") else "; " if text else "") + line
+    return text or type(error).__name__
 
 
 class Parser(argparse.ArgumentParser):
@@ -167,6 +170,8 @@ def read_stdin() -> str:
     """All of standard input, as UTF-8 text."""
     if sys.stdin is None or sys.stdin.closed:
         raise CommandError("- reads standard input, but it is closed")
+    if sys.stdin.isatty():  # a person, not a pipe: say what is awaited
+        print("reading the text from the terminal; end it with Ctrl-D", file=sys.stderr)
     try:
         return sys.stdin.buffer.read().decode("utf-8")
     except UnicodeDecodeError:
@@ -217,9 +222,10 @@ def load_tokenizer(spec: str, folder: Path | None = None):
         raise CommandError(f"no tokenizer file at {spec} (use gpt2, or a saved BPE)")
     try:
         return BPETokenizer.load(path)
-    except (TypeError, ValueError, KeyError, AttributeError) as error:
+    except (TypeError, ValueError, KeyError, AttributeError):
         raise CommandError(
-            f"{path}: not a tokenizer file that llmbook wrote ({error})"
+            f"{path}: not a tokenizer file that llmbook wrote; use gpt2, bpe:N, or "
+            "the tokenizer.json of a run"
         ) from None
 
 

@@ -121,7 +121,7 @@ def finetune_inputs(args, run, defaults: dict) -> tuple[dict, dict]:
     """The settings, and the data file and base model, of a finetuning run: those
     given, or on --resume the run's, where a changed value or file is refused."""
     saved = run.manifest if args.resume else None
-    if saved is not None and any(args.out.glob("*.safetensors")):
+    if saved is not None and saved.get("finished"):
         raise UsageError(
             f"--resume: the run in {args.out} has finished, and its model is saved; "
             "to train further, start a new run from it (--checkpoint)"
@@ -259,6 +259,7 @@ def train_classifier(args, run, settings: dict, inputs: dict) -> None:
     print(", ".join(f"{name} accuracy {value:.1%}" for name, value in accuracy.items()))
     save_json(accuracy, out / "accuracy.json")
     finish_training(history, out, "classifier finetuning", saved)
+    run.save_manifest(finished=True)  # all written: --resume has nothing to do
 
 
 def add_classify(commands) -> None:
@@ -279,7 +280,15 @@ def add_classify(commands) -> None:
 
 def classify_command(args) -> None:
     weights, folder = model_file(args.checkpoint)
-    settings = classifier_settings(weights)
+    try:
+        settings = classifier_settings(weights)
+    except ValueError as error:
+        if "holds no classifier" not in str(error):
+            raise
+        raise CommandError(
+            f"{weights} holds no classifier but a language model; make a classifier "
+            "from it with `llmbook finetune classify`"
+        ) from None
     model = load_classifier(weights, pick_device(args.device))
     tokenizer = load_tokenizer(settings["tokenizer"], folder)
     limit = settings["max_length"]

@@ -126,6 +126,7 @@ def train_instructions(args, run, settings: dict, inputs: dict) -> None:
             f"answered {len(test)} test instruction(s) in {answers}; score "
             f"them with: llmbook evaluate --responses {answers}"
         )
+    run.save_manifest(finished=True)  # all written: --resume has nothing to do
 
 
 def add_evaluate(commands) -> None:
@@ -168,6 +169,8 @@ def evaluate_command(args) -> None:
     web = ("http://", "https://")
     if args.judge_url and not args.judge_url.lower().startswith(web):
         raise UsageError(f"--judge-url {args.judge_url}: begin it with http://")
+    if args.judge_url and any(c.isspace() for c in args.judge_url):
+        raise UsageError(f"--judge-url {args.judge_url!r}: a URL holds no spaces")
     if args.out is not None and (args.out.exists() or args.out.is_symlink()):
         raise UsageError(f"--out {args.out} exists already: choose a new file name")
     if args.out is not None and not args.out.parent.is_dir():

@@ -4,6 +4,7 @@
 
 """`llmbook pretrain`: a GPT pretrained on text files, resumable (chapter 7)."""
 
+import sys
 from pathlib import Path
 
 import torch
@@ -153,6 +154,10 @@ def train_run(args, run: RunFolder, settings, text, names, saved) -> None:
         tokenizer, spec = pretraining_tokenizer(settings, text[:split], out, saved)
         cfg = run_config(settings, vocabulary_size(tokenizer), saved, args.config)
         train_loader, val_loader = loaders(text, settings, tokenizer)
+        asked, size = settings["tokenizer"], vocabulary_size(tokenizer)
+        if not resuming and asked.startswith("bpe:") and size < int(asked[4:]):
+            got = f"{size:,} of the {int(asked[4:]):,} tokens asked for"
+            print0(f"note: the text gives the tokenizer {got}", file=sys.stderr)
         train_loader = distributed_loader(train_loader, seed=settings["seed"])
         torch.manual_seed(settings["seed"])  # the same weights in every process
         model = GPTModel(cfg).to(device)
