@@ -25,9 +25,12 @@ from llmbook.checkpoint import (
 )
 from llmbook.model import GPTConfig, GPTModel
 
+# Ctrl-C works as in a terminal, also where the test run was started in the
+# background (which makes its children ignore SIGINT).
 HOLD = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from llmbook.checkpoint import open_run_folder
     with open_run_folder(sys.argv[1], "pretraining"):
         print("holding", flush=True)
