@@ -254,15 +254,21 @@ class JudgeServer(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def judge():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), JudgeServer)
-    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
-    thread.start()
-    JudgeServer.requests.clear()
+def serving(handler):
+    """A loopback HTTP server answering with `handler`, in a thread; yields its
+    URL and stops it afterwards (a fixture's body)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True  # a handler still trickling does not hold it up
+    threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def judge():
+    JudgeServer.requests.clear()
+    yield from serving(JudgeServer)
 
 
 ANSWERED = [{**ENTRY, "model_response": r} for r in ["5", "six", "5.0"]]
@@ -369,13 +375,8 @@ class OddJudge(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def odd_judge():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OddJudge)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True).start()
     OddJudge.good = OddJudge.served = 0
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    yield from serving(OddJudge)
 
 
 @pytest.mark.parametrize("mode", ["trickle", "slow-headers"])

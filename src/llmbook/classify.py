@@ -371,13 +371,19 @@ def save_classifier(
     save_model(model, path, metadata=metadata)
 
 
+class NotAClassifierError(ValueError):
+    """A model file that holds a language model, not a classifier."""
+
+
 def classifier_settings(path: str | os.PathLike) -> dict:
     """The labels, tokenizer, max_length and pad_token_id that a classifier file
     records (for a file from before they were recorded: GPT-2's defaults)."""
     with open_safetensors(path) as f:
         metadata = f.metadata() or {}
     if metadata.get("format") != "llmbook-gpt" or "num_classes" not in metadata:
-        raise ValueError(f"{path} holds no classifier saved by save_classifier")
+        raise NotAClassifierError(
+            f"{path} holds no classifier saved by save_classifier"
+        )
     num_classes = int(metadata["num_classes"])
     config = json.loads(metadata["config"])
     return {
@@ -395,7 +401,9 @@ def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu")
     with open_safetensors(path) as f:
         metadata = f.metadata() or {}
     if metadata.get("format") != "llmbook-gpt" or "num_classes" not in metadata:
-        raise ValueError(f"{path} holds no classifier saved by save_classifier")
+        raise NotAClassifierError(
+            f"{path} holds no classifier saved by save_classifier"
+        )
     model = GPTModel(GPTConfig(**json.loads(metadata["config"])))
     add_classification_head(model, int(metadata["num_classes"]), trainable_blocks=0)
     load_weights(model, path)

@@ -15,6 +15,7 @@ import torch
 
 from llmbook.checkpoint import latest_checkpoint
 from llmbook.classify import (
+    NotAClassifierError,
     add_classification_head,
     balance_classes,
     calc_accuracy_loader,
@@ -282,9 +283,7 @@ def classify_command(args) -> None:
     weights, folder = model_file(args.checkpoint)
     try:
         settings = classifier_settings(weights)
-    except ValueError as error:
-        if "holds no classifier" not in str(error):
-            raise
+    except NotAClassifierError:
         raise CommandError(
             f"{weights} holds no classifier but a language model; make a classifier "
             "from it with `llmbook finetune classify`"
