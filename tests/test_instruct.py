@@ -206,7 +206,10 @@ def test_rouge_l_is_one_for_a_copy_and_lower_for_less():
         ("7.5 out of 10", 75),  # other scales are put on 0 to 100
         ("Score: 8/10", 80),
         ("4 out of 5 stars", 80),
-        ("12/10", 12),  # not a fraction of a scale: its first number
+        ("12/10", None),  # past the top of its scale: no score
+        ("120/100", None),  # not 100, the next number
+        ("Score: 120, or 100 at most", None),
+        ("2/0", None),
         ("Score: -20", None),  # below the scale: no score, not 20
         ("I'd say 3 of 5 points; overall about 60.", 60),
         ("-", None),

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from llmbook.checkpoint import (
     RunFolderError,
+    checkpoint_step,
     latest_checkpoint,
     load_checkpoint,
     load_model,
@@ -125,7 +126,8 @@ def test_folders_that_cannot_be_run_folders_are_refused(tmp_path):
         claim(tmp_path, "pretraining")
     with pytest.raises(RunFolderError, match="is a file, not a folder"):
         claim(tmp_path / "notes.txt", "pretraining")
-    with pytest.raises(RunFolderError, match="no run to resume: there is no such"):
+    new = r"no run to resume \(no such folder\): start a new one"
+    with pytest.raises(RunFolderError, match=new):
         claim(tmp_path / "new", "pretraining", resume=True)
     assert not (tmp_path / "new").exists()
     (tmp_path / "old").mkdir()
@@ -248,3 +250,13 @@ def test_a_damaged_checkpoint_folder_is_named_not_parsed(tmp_path):
     (saved / "checksums.json").write_text("{half")
     with pytest.raises(ValueError, match=r"the checkpoint .*step-00000003 is damaged"):
         load_checkpoint(tmp_path, model, optimizer)
+    # A renamed folder: its name would have set the step that training resumes at.
+    (saved / "checksums.json").unlink()
+    saved = save_checkpoint(tmp_path, model, optimizer, {"step": 3})
+    renamed = saved.rename(tmp_path / "step-99999999")
+    (tmp_path / "latest").write_text(renamed.name)
+    holds = r"step-99999999 holds the state of step 3, not of the step its name says"
+    with pytest.raises(ValueError, match=holds):
+        load_checkpoint(tmp_path, model, optimizer)
+    with pytest.raises(ValueError, match=holds):
+        checkpoint_step(renamed)

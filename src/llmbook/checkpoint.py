@@ -259,6 +259,28 @@ def remove_checkpoints(directory) -> None:
         shutil.rmtree(folder)
 
 
+def check_step(folder: Path, state: dict) -> int:
+    """The step of a checkpoint `folder` whose state.json says `state`; ValueError
+    if its name says another (a folder renamed or copied under another name)."""
+    step = state.get("step") if isinstance(state, dict) else None
+    if not isinstance(step, int) or step != _step_of(folder):
+        raise ValueError(
+            f"the checkpoint {folder} holds the state of step {step}, not of the step "
+            "its name says; give it back its name (step- and the step, in 8 digits) "
+            "and write that name into `latest`"
+        )
+    return step
+
+
+def checkpoint_step(folder: str | os.PathLike) -> int:
+    """The step the checkpoint `folder` holds, as its state.json says."""
+    try:
+        state = json.loads((Path(folder) / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:  # missing, not UTF-8, not JSON
+        raise ValueError(f"the checkpoint {folder} is damaged ({error})") from None
+    return check_step(Path(folder), state)
+
+
 def load_checkpoint(directory, model, optimizer) -> dict:
     """Restore model and optimizer from the latest checkpoint; return its state.
 
@@ -272,6 +294,7 @@ def load_checkpoint(directory, model, optimizer) -> dict:
         state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:  # missing, not UTF-8, not JSON
         raise ValueError(f"the checkpoint {folder} is damaged ({error})") from None
+    check_step(folder, state)
     for file, expected in sums.items():
         if not (folder / file).is_file() or file_sha256(folder / file) != expected:
             raise ValueError(
@@ -389,13 +412,14 @@ def open_run_folder(
     resume: bool = False,
     lock: bool = True,
     resume_hint: str = "resume it",
+    new_hint: str = "start a new one",
 ) -> Iterator[RunFolder]:
     """Claim the folder `path` for a run of `kind` (see RUN_KINDS) while the block
     runs, creating it if need be. A new run needs a new or empty folder, or one
     whose earlier run of the same kind saved nothing; `resume` needs a run of
-    `kind` there (`resume_hint` says how to ask for that). `lock=False` (the other
-    processes of a distributed run) skips the lock and the checks, which the main
-    process makes."""
+    `kind` there (`resume_hint` and `new_hint` say how to ask for either).
+    `lock=False` (the other processes of a distributed run) skips the lock and
+    the checks, which the main process makes."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise RunFolderError(f"{path} is a file, not a folder")
@@ -403,7 +427,8 @@ def open_run_folder(
         yield RunFolder(path, kind, read_manifest(path) or {})
         return
     if resume and not path.is_dir():
-        raise RunFolderError(f"{path} holds no run to resume: there is no such folder")
+        problem = f"{path} holds no run to resume (no such folder)"
+        raise RunFolderError(f"{problem}: {new_hint}")
     created = not path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -419,7 +444,8 @@ def open_run_folder(
                 "choose another folder"
             )
         if resume and (manifest is None or not _holds_work(path)):
-            raise RunFolderError(f"{path} holds no run to resume")
+            problem = f"{path} holds no run to resume (it saved nothing)"
+            raise RunFolderError(f"{problem}: {new_hint}")
         if not resume and manifest is not None and _holds_work(path):
             raise RunFolderError(
                 f"{path} holds {RUN_KINDS[kind]} already: {resume_hint}, or choose "

@@ -7,6 +7,7 @@
 import csv
 import io
 import json
+import math
 import operator
 import os
 import random
@@ -415,14 +416,25 @@ TEXT_COLUMNS = {"text", "texts", "message", "sentence", "review", "content", "bo
 LABEL_COLUMNS = {"label", "labels", "class", "category", "target"}
 
 
+def label_key(label: str) -> str:
+    """What two labels have in common when they name one class: their letters
+    in any case (`Spam`, `spam`), or the number they write (`1`, `1.0`, `01`)."""
+    try:
+        number = float(label)
+    except ValueError:
+        return label.casefold()
+    return repr(number) if math.isfinite(number) else label.casefold()
+
+
 def read_labelled_texts(path: str | os.PathLike) -> list[tuple[str, str]]:
     """(text, label) pairs from lines `label<TAB>text` (the SMS collection's
     format) or from a .csv file. A first row that names one text column and one
     label column is a header, and the columns are then taken by name; a .csv
     file needs one. What could be read two ways is an error naming its line: a
     row of another width, a missing label or text, labels that differ only in
-    case, fewer than two labels, about as many labels as texts, or a label with
-    one text (a header of unknown names, most often)."""
+    case or in how they write a number, fewer than two labels, about as many
+    labels as texts, or a label with one text (a header of unknown names, most
+    often)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
@@ -454,7 +466,7 @@ def read_labelled_texts(path: str | os.PathLike) -> list[tuple[str, str]]:
     else:
         width, text_at, label_at = 2, 1, 0
     pairs: list[tuple[str, str]] = []
-    spelled: dict[str, tuple[str, int]] = {}  # a label in lower case: as first seen
+    spelled: dict[str, tuple[str, int]] = {}  # label_key: the label as first seen
     for n, cells in rows:
         if len(cells) != width:
             if tabs and len(cells) == 1:
@@ -463,11 +475,13 @@ def read_labelled_texts(path: str | os.PathLike) -> list[tuple[str, str]]:
         text, label = cells[text_at].strip(), cells[label_at].strip()
         if not label or not text:
             raise ValueError(f"{path}:{n}: no {'text' if label else 'label'}")
-        first, line = spelled.setdefault(label.casefold(), (label, n))
+        first, line = spelled.setdefault(label_key(label), (label, n))
         if first != label:
+            case = first.casefold() == label.casefold()
+            how = "case" if case else "how it is written"
             raise ValueError(
                 f"{path}:{n}: the label {label!r} differs from {first!r} (line "
-                f"{line}) only in case; write each label one way"
+                f"{line}) only in {how}; write each label one way"
             )
         pairs.append((text, label))
     classes = Counter(label for _, label in pairs)
@@ -480,7 +494,7 @@ def read_labelled_texts(path: str | os.PathLike) -> list[tuple[str, str]]:
         )
     for label, count in classes.items():
         if count == 1:  # a header row that names no known column, most likely
-            line = spelled[label.casefold()][1]
+            line = spelled[label_key(label)][1]
             raise ValueError(
                 f"{path}:{line}: the label {label!r} has this one text only; if the "
                 "line is a header, name its columns text and label, else give each "

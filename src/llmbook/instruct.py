@@ -305,8 +305,8 @@ class JudgeScores:
 
 def parse_score(answer: str) -> int | None:
     """The judge's score from 0 to 100: the first fraction in its answer (8/10,
-    4 out of 5) put on that scale, else its first whole number up to 100 (not a
-    negative one), else None.
+    4 out of 5) put on that scale, else its first whole number (not a negative
+    one); None if there is none, or if it is past the top of its scale (120/100).
 
     >>> [parse_score(a) for a in ["Score: 85/100", "7.5/10", "4 out of 5", "7", "ok"]]
     [85, 75, 80, 7, None]
@@ -314,12 +314,11 @@ def parse_score(answer: str) -> int | None:
     number = r"(?<![\d.-])\d{1,3}(?![\d.]*\d)"  # whole: not of 7.5, 1000 or -20
     part = r"(?<![\d.-])(\d{1,3}(?:\.\d+)?)"  # 8, or 7.5
     fraction = re.search(rf"{part}\s*(?:/|out of|of)\s*({number})", answer)
-    if fraction and 0 <= float(fraction[1]) <= float(fraction[2]) > 0:
-        return round(100 * float(fraction[1]) / float(fraction[2]))
-    for match in re.finditer(number, answer):
-        if 0 <= int(match.group()) <= 100:
-            return int(match.group())
-    return None
+    if fraction:
+        score, scale = float(fraction[1]), float(fraction[2])
+        return round(100 * score / scale) if score <= scale > 0 else None
+    first = re.search(number, answer)
+    return int(first[0]) if first and int(first[0]) <= 100 else None
 
 
 def ask_judge(

@@ -130,11 +130,20 @@ SEED = number(int, 0, below=2**63)  # what torch.manual_seed takes
 SHARE = number(float, 0.0, inclusive=False, below=1.0)  # a part of the whole
 
 
+def path_option(text: str) -> Path:
+    """An argparse type: a file or folder, which an empty text does not name
+    (`Path("")` would be the current folder, which `--out ""` never means)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; name a file or folder")
+    return Path(text)
+
+
 def add_model_options(parser: Parser, required: bool = True) -> None:
     """--checkpoint DIR | --gpt2 SIZE: the model a command starts from."""
     source = parser.add_mutually_exclusive_group(required=required)
     source.add_argument(
         "--checkpoint",
+        type=path_option,
         metavar="DIR",
         help="a folder that llmbook pretrain or finetune wrote, or a .safetensors file",
     )
@@ -251,10 +260,11 @@ def claim_out(args, kind: str) -> Iterator[RunFolder]:
     after training. Under torchrun the first process claims it for all."""
     first = os.environ.get("RANK", "0") == "0"
     resume = getattr(args, "resume", False)
-    hint = "add --resume to continue it"
+    hints = {"resume_hint": "add --resume to continue it"}
+    hints["new_hint"] = "leave out --resume to start a run there"
     with ExitStack() as stack:
         try:
-            folder = open_run_folder(args.out, kind, resume, first, resume_hint=hint)
+            folder = open_run_folder(args.out, kind, resume, first, **hints)
             run = stack.enter_context(folder)
         except RunFolderError as error:  # a folder to choose again: usage (exit 2)
             raise UsageError(f"--out {error}") from None

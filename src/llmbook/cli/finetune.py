@@ -47,6 +47,7 @@ from llmbook.cli.common import (
     load_tokenizer,
     model_file,
     number,
+    path_option,
     pick_device,
     settings_of,
 )
@@ -92,9 +93,11 @@ def add_finetune_classify(kinds) -> None:
 def add_finetune_options(p: Parser, data: str) -> dict:
     """The options that both kinds of finetuning take; returns those whose
     defaults --help shows from the kind's table."""
-    p.add_argument("--data", type=Path, metavar="FILE", help=data)
+    p.add_argument("--data", type=path_option, metavar="FILE", help=data)
     add_model_options(p, required=False)
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="results")
+    p.add_argument(
+        "--out", type=path_option, required=True, metavar="DIR", help="results"
+    )
     shown = {}
     shown["epochs"] = p.add_argument(
         "--epochs", type=COUNT, help="passes over the data"
@@ -271,7 +274,13 @@ def add_classify(commands) -> None:
         'llmbook classify --checkpoint spam "You won a prize! Call now"',
     )
     p.add_argument("text", nargs="+", metavar="TEXT", help="texts to label")
-    p.add_argument("--checkpoint", metavar="DIR", required=True, help="the classifier")
+    p.add_argument(
+        "--checkpoint",
+        type=path_option,
+        metavar="DIR",
+        required=True,
+        help="the classifier",
+    )
     p.add_argument(
         "--truncate", action="store_true", help="label a long text by its start"
     )

@@ -6,7 +6,6 @@
 own entries, resumable."""
 
 from argparse import Namespace
-from pathlib import Path
 
 import torch
 
@@ -24,6 +23,7 @@ from llmbook.cli.common import (
     finish_training,
     keep_tokenizer,
     load_base_model,
+    path_option,
     pick_device,
 )
 from llmbook.cli.finetune import (
@@ -139,12 +139,12 @@ def add_evaluate(commands) -> None:
     )
     p.add_argument(
         "--responses",
-        type=Path,
+        type=path_option,
         help="entries with a model_response, to score as they are",
     )
     add_model_options(p, required=False)
     p.add_argument(
-        "--data", type=Path, help="entries for --checkpoint or --gpt2 to answer"
+        "--data", type=path_option, help="entries for --checkpoint or --gpt2 to answer"
     )
     p.add_argument("--max-new-tokens", type=COUNT, default=256, help="an answer's")
     p.add_argument("--judge-url", help="an Ollama or OpenAI-compatible server")
@@ -153,7 +153,9 @@ def add_evaluate(commands) -> None:
     p.add_argument(
         "--judge-timeout", type=RATE, default=120.0, help="seconds for one answer"
     )
-    p.add_argument("--out", type=Path, help="write the scored entries here (JSON)")
+    p.add_argument(
+        "--out", type=path_option, help="write the scored entries here (JSON)"
+    )
     add_device_option(p)
     p.set_defaults(run=evaluate_command)
 

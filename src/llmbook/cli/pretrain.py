@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from llmbook.checkpoint import RunFolder, latest_checkpoint, save_model
+from llmbook.checkpoint import RunFolder, checkpoint_step, latest_checkpoint, save_model
 from llmbook.cli.common import (
     COUNT,
     RATE,
@@ -21,6 +21,7 @@ from llmbook.cli.common import (
     claim_out,
     finish_training,
     number,
+    path_option,
     pick_device,
     vocabulary_size,
 )
@@ -50,7 +51,7 @@ def add_pretrain(commands) -> None:
     )
     p.add_argument("text", nargs="*", metavar="TEXT", help="files, folders, globs, -")
     p.add_argument(
-        "--out", type=Path, required=True, metavar="DIR", help="the run's folder"
+        "--out", type=path_option, required=True, metavar="DIR", help="the run's folder"
     )
     model = p.add_mutually_exclusive_group()
     shown = {}
@@ -132,7 +133,7 @@ def check_length(out: Path, saved: dict, total: int) -> None:
     """Refuse to resume a run with a length that ends where it stands already."""
     latest = latest_checkpoint(out / "checkpoints")
     at = max(
-        0 if latest is None else int(latest.name.removeprefix("step-")),
+        0 if latest is None else checkpoint_step(latest),
         saved.get("finished_step", 0),
     )
     if total <= at:
