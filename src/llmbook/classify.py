@@ -417,13 +417,12 @@ LABEL_COLUMNS = {"label", "labels", "class", "category", "target"}
 
 
 def label_key(label: str) -> str:
-    """What two labels have in common when they name one class: their letters
-    in any case (`Spam`, `spam`), or the number they write (`1`, `1.0`, `01`)."""
+    """What two labels that name one class share: their letters in any case
+    (`Spam`, `spam`), or the number they write (`1`, `1.0`, `01`)."""
     try:
-        number = float(label)
+        return repr(float(label)) if math.isfinite(float(label)) else label.casefold()
     except ValueError:
         return label.casefold()
-    return repr(number) if math.isfinite(number) else label.casefold()
 
 
 def read_labelled_texts(path: str | os.PathLike) -> list[tuple[str, str]]:
@@ -431,10 +430,9 @@ def read_labelled_texts(path: str | os.PathLike) -> list[tuple[str, str]]:
     format) or from a .csv file. A first row that names one text column and one
     label column is a header, and the columns are then taken by name; a .csv
     file needs one. What could be read two ways is an error naming its line: a
-    row of another width, a missing label or text, labels that differ only in
-    case or in how they write a number, fewer than two labels, about as many
-    labels as texts, or a label with one text (a header of unknown names, most
-    often)."""
+    row of another width, a missing label or text, labels written two ways (case,
+    1 and 1.0), fewer than two labels, about as many labels as texts, or a label
+    with one text (a header of unknown names, most often)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
@@ -477,11 +475,9 @@ def read_labelled_texts(path: str | os.PathLike) -> list[tuple[str, str]]:
             raise ValueError(f"{path}:{n}: no {'text' if label else 'label'}")
         first, line = spelled.setdefault(label_key(label), (label, n))
         if first != label:
-            case = first.casefold() == label.casefold()
-            how = "case" if case else "how it is written"
             raise ValueError(
-                f"{path}:{n}: the label {label!r} differs from {first!r} (line "
-                f"{line}) only in {how}; write each label one way"
+                f"{path}:{n}: the label {label!r} is {first!r} (line {line}) written "
+                "another way; write each label one way"
             )
         pairs.append((text, label))
     classes = Counter(label for _, label in pairs)
