@@ -18,11 +18,11 @@ from llmbook.classify import (
     distinct_texts,
     load_classifier,
     load_spam_splits,
-    read_labelled_texts,
     read_spam_collection,
     save_classifier,
 )
 from llmbook.data import data_file
+from llmbook.labelled import read_labelled_texts
 from llmbook.losses import calc_loss_loader
 from llmbook.model import GPTConfig, GPTModel
 from llmbook.train import TrainingConfig, train_model
@@ -386,6 +386,11 @@ def test_labelled_texts_come_from_tsv_or_csv(tmp_path):
         ("k.tsv", rows.encode(), "k.tsv:1: 3 columns, not 2"),
         ("l.tsv", "".join(f"{i}\tWin {i}\n" for i in range(12)).encode(), "12 labels"),
         ("m.tsv", b"\n\n", "holds no texts"),
+        (
+            "q.csv",
+            b'text,label\nfine,pos\n"open' + b"x" * 140_000,
+            "q.csv:3: a text of",
+        ),
         (
             "o.tsv",
             b"type\tsms\nham\tHi\nham\tOk\nspam\tWin\nspam\tCall",

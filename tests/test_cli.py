@@ -278,6 +278,11 @@ def test_mistakes_end_in_one_line_with_code_2_for_usage_and_1_for_failures(
         (["classify", "--checkpoint", " ", "Hi"], 2, "--checkpoint: an empty path"),
         (["pretrain", "--out", run, "--resume", "--lr", "0.1"], 2, "the run has --lr"),
         (["pretrain", verdict, "--out", out, "--batch-size", "0"], 2, "must be >= 1"),
+        (
+            ["pretrain", verdict, "--out", out, *TINY, "--batch-size", "100000"],
+            1,
+            "fewer than one batch of --batch-size 100000",
+        ),
         (["pretrain", verdict, "--out", out, "--lr", "nan"], 2, "must be a finite"),
         (["pretrain", verdict, "--out", out, "--val-share", "1"], 2, "must be < 1.0"),
         (["pretrain", verdict, "--out", out, "--seed", "1" + "0" * 20], 2, "must be <"),
@@ -774,6 +779,47 @@ def test_the_length_of_a_resumed_run(tmp_path, verdict):
     manifest = json.loads((out / "run.json").read_text())
     assert manifest["finished_step"] == 2 * steps_an_epoch > 4
     assert manifest["settings"]["max_steps"] is None
+
+
+def test_a_refused_resume_changes_nothing(tmp_path, verdict):
+    """Issue 34's third probe: a cosine run resumed with a new length was refused
+    by the checkpoint's schedule after run.json took the new length; a run whose
+    `latest` was deleted started afresh over its checkpoints and model."""
+    out = tmp_path / "run"
+    settings = [*TINY, "--context-length", 64, "--cosine", "--warmup-steps", 1]
+    settings += ["--checkpoint-every", 2, "--eval-freq", 2, "--max-steps", 4]
+    command("pretrain", verdict, "--out", out, *settings, check=0)
+    before = folder_state(out)
+    refused = command("pretrain", "--out", out, "--resume", "--max-steps", 6)
+    assert refused.returncode == 1 and "learning-rate schedule" in refused.stderr
+    assert folder_state(out) == before
+    (out / "checkpoints" / "latest").unlink()  # the newest folder is found without
+    again = command("pretrain", "--out", out, "--resume", "--max-steps", 4)
+    assert "the run is at step 4 already" in again.stderr
+    shutil.rmtree(out / "checkpoints")
+    gone = command("pretrain", "--out", out, "--resume", "--max-steps", 8)
+    assert gone.returncode == 2 and "holds no checkpoint to continue" in gone.stderr
+    assert (out / "model.safetensors").is_file()
+
+
+def test_errors_of_the_os_read_as_words():
+    """No `[Errno 28]` reaches the terminal; a full disk says what to do."""
+    from llmbook.cli.common import one_line
+
+    full = OSError(28, "No space left on device")
+    assert one_line(full) == (
+        "No space left on device; free some space, then run the command again "
+        "(with --resume where a run saved a checkpoint)"
+    )
+    offline = ValueError(
+        "could not download https://x.org/a (<urlopen error [Errno -3] Temporary "
+        "failure in name resolution>)"
+    )
+    assert one_line(offline) == (
+        "could not download https://x.org/a (Temporary failure in name resolution)"
+    )
+    rust = OSError("could not write m.safetensors (I/O error: disk full (os error 28))")
+    assert one_line(rust) == "could not write m.safetensors (I/O error: disk full)"
 
 
 def test_finetuning_checks_every_entry_first_and_resumes_after_ctrl_c(tmp_path, run):

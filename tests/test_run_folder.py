@@ -11,6 +11,7 @@ import textwrap
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from llmbook.checkpoint import (
@@ -260,3 +261,36 @@ def test_a_damaged_checkpoint_folder_is_named_not_parsed(tmp_path):
         load_checkpoint(tmp_path, model, optimizer)
     with pytest.raises(ValueError, match=holds):
         checkpoint_step(renamed)
+    # Without `latest` (deleted, or a kill before it was written), the newest folder.
+    (tmp_path / "latest").unlink()
+    assert latest_checkpoint(tmp_path) == renamed
+    (tmp_path / "latest").mkdir()
+    with pytest.raises(ValueError, match="latest is damaged: a folder, not the file"):
+        latest_checkpoint(tmp_path)
+
+
+def test_checkpoint_files_of_another_program_and_a_full_disk_are_named(
+    tmp_path, monkeypatch
+):
+    """Issue 34's third probe: an optimizer.pt that is no torch file (its checksum
+    made to match) and a disk that fills while safetensors writes gave tracebacks."""
+    import llmbook.checkpoint
+    from llmbook.files import file_sha256
+
+    model = GPTModel(GPTConfig.preset("debug", vocab_size=10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    saved = save_checkpoint(tmp_path, model, optimizer, {"step": 1})
+    (saved / "optimizer.pt").write_bytes(b"not a pickle")
+    sums = json.loads((saved / "checksums.json").read_text())
+    sums["optimizer.pt"] = file_sha256(saved / "optimizer.pt")
+    (saved / "checksums.json").write_text(json.dumps(sums))
+    with pytest.raises(ValueError, match="optimizer or random state cannot be read"):
+        load_checkpoint(tmp_path, model, optimizer)
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left")
+
+    monkeypatch.setattr(llmbook.checkpoint, "save_file", full)
+    with pytest.raises(OSError, match=r"could not write .*m.safetensors \(Error"):
+        save_model(model, tmp_path / "m.safetensors")
+    assert not list(tmp_path.glob("*m.safetensors*"))  # no temporary file left

@@ -7,6 +7,7 @@ training exactly (chapter 7)."""
 
 import json
 import os
+import pickle
 import re
 import shutil
 import sys
@@ -61,7 +62,14 @@ def save_model(model, path: str | os.PathLike, metadata: dict | None = None) -> 
         **(metadata or {}),
     }
     state = _state_to_save(model)
-    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+
+    def write(tmp: Path) -> None:
+        try:
+            save_file(state, tmp, metadata=metadata)
+        except SafetensorError as error:  # its words for a full disk, say
+            raise OSError(f"could not write {path} ({error})") from None
+
+    atomic_write(path, write)
 
 
 def shape_problems(expected: dict, found: dict, source: str) -> list[str]:
@@ -170,10 +178,16 @@ def _step_of(folder: Path) -> int:
 
 
 def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint folder in `directory`, if any."""
+    """The newest complete checkpoint folder in `directory`, if any: the one that
+    `latest` names, else (`latest` deleted, or never written because a process
+    was killed first) the folder of the highest step, as folders appear whole."""
     pointer = Path(directory) / "latest"
+    if not pointer.exists():
+        folders = Path(directory).glob("step-*")
+        steps = [f for f in folders if re.fullmatch(r"step-\d{8,}", f.name)]
+        return max(steps, key=_step_of, default=None)
     if not pointer.is_file():
-        return None
+        raise ValueError(f"{pointer} is damaged: a folder, not the file it should be")
     name = pointer.read_bytes().decode("utf-8", errors="replace").strip()
     if not re.fullmatch(r"step-\d{8,}", name) or not (Path(directory) / name).is_dir():
         raise ValueError(
@@ -303,8 +317,15 @@ def load_checkpoint(directory, model, optimizer) -> dict:
                 "an older one, or start afresh"
             )
     load_weights(model, folder / "model.safetensors")
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-    return {**state, **torch.load(folder / "rng.pt", weights_only=True)}
+    try:
+        moments = torch.load(folder / "optimizer.pt", weights_only=True)
+        optimizer.load_state_dict(moments)
+        return {**state, **torch.load(folder / "rng.pt", weights_only=True)}
+    except (pickle.UnpicklingError, EOFError, RuntimeError):  # not torch's files
+        raise ValueError(
+            f"the checkpoint {folder} is damaged: its optimizer or random state "
+            "cannot be read, though the checksums match (written by another program?)"
+        ) from None
 
 
 RUN_KINDS = {  # a run folder's kind, and how messages name it

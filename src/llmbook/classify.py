@@ -4,15 +4,10 @@
 
 """Finetuning a GPT as a classifier: spam data, a classification head (chapter 8)."""
 
-import csv
-import io
 import json
-import math
 import operator
 import os
 import random
-from collections import Counter
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -409,91 +404,3 @@ def load_classifier(path: str | os.PathLike, device: str | torch.device = "cpu")
     add_classification_head(model, int(metadata["num_classes"]), trainable_blocks=0)
     load_weights(model, path)
     return model.to(device).eval()
-
-
-# The column names that make a first row a header (in any case).
-TEXT_COLUMNS = {"text", "texts", "message", "sentence", "review", "content", "body"}
-LABEL_COLUMNS = {"label", "labels", "class", "category", "target"}
-
-
-def label_key(label: str) -> str:
-    """What two labels that name one class share: their letters in any case
-    (`Spam`, `spam`), or the number they write (`1`, `1.0`, `01`)."""
-    try:
-        return repr(float(label)) if math.isfinite(float(label)) else label.casefold()
-    except ValueError:
-        return label.casefold()
-
-
-def read_labelled_texts(path: str | os.PathLike) -> list[tuple[str, str]]:
-    """(text, label) pairs from lines `label<TAB>text` (the SMS collection's
-    format) or from a .csv file. A first row that names one text column and one
-    label column is a header, and the columns are then taken by name; a .csv
-    file needs one. What could be read two ways is an error naming its line: a
-    row of another width, a missing label or text, labels written two ways (case,
-    1 and 1.0), fewer than two labels, about as many labels as texts, or a label
-    with one text (a header of unknown names, most often)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        content = path.read_text(encoding="utf-8-sig")  # -sig: a spreadsheet's BOM
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a UTF-8 text file") from None
-    tabs = path.suffix.lower() != ".csv"
-    if not tabs:
-        reader = csv.reader(io.StringIO(content, newline=""))
-        rows = [(reader.line_num, cells) for cells in reader]
-    else:  # tabs, unquoted: quotation marks inside texts stay as they are
-        lines = content.replace("\r\n", "\n").split("\n")
-        rows = [(n, line.split("\t")) for n, line in enumerate(lines, start=1)]
-    rows = [(n, cells) for n, cells in rows if "".join(cells).strip()]
-    if not rows:
-        raise ValueError(f"{path}: the file holds no texts")
-    names = [cell.strip().lower() for cell in rows[0][1]]
-    texts = [i for i, name in enumerate(names) if name in TEXT_COLUMNS]
-    labels = [i for i, name in enumerate(names) if name in LABEL_COLUMNS]
-    if len(texts) == 1 and len(labels) == 1:  # a header: columns by name
-        width, text_at, label_at = len(names), texts[0], labels[0]
-        rows = rows[1:]
-    elif not tabs:
-        raise ValueError(
-            f"{path}:1: a CSV file needs a first row that names its text column "
-            f"and its label column (text and label, say); it has {rows[0][1]}"
-        )
-    else:
-        width, text_at, label_at = 2, 1, 0
-    pairs: list[tuple[str, str]] = []
-    spelled: dict[str, tuple[str, int]] = {}  # label_key: the label as first seen
-    for n, cells in rows:
-        if len(cells) != width:
-            if tabs and len(cells) == 1:
-                raise ValueError(f"{path}:{n}: no tab after the label")
-            raise ValueError(f"{path}:{n}: {len(cells)} columns, not {width}")
-        text, label = cells[text_at].strip(), cells[label_at].strip()
-        if not label or not text:
-            raise ValueError(f"{path}:{n}: no {'text' if label else 'label'}")
-        first, line = spelled.setdefault(label_key(label), (label, n))
-        if first != label:
-            raise ValueError(
-                f"{path}:{n}: the label {label!r} is {first!r} (line {line}) written "
-                "another way; write each label one way"
-            )
-        pairs.append((text, label))
-    classes = Counter(label for _, label in pairs)
-    if len(classes) < 2:
-        raise ValueError(f"{path}: a classifier needs texts of two labels or more")
-    if len(pairs) >= 10 and len(classes) > len(pairs) / 2:
-        raise ValueError(
-            f"{path}: {len(classes)} labels for {len(pairs)} texts; is the first "
-            "column the label? Name the columns in a header row (text, label)"
-        )
-    for label, count in classes.items():
-        if count == 1:  # a header row that names no known column, most likely
-            line = spelled[label_key(label)][1]
-            raise ValueError(
-                f"{path}:{line}: the label {label!r} has this one text only; if the "
-                "line is a header, name its columns text and label, else give each "
-                "label two texts or more"
-            )
-    return pairs

@@ -3,41 +3,22 @@
 # Do not edit it: edit those chapters, then run `python tools/tangle.py`.
 
 """What every `llmbook` command shares: its errors, its parser and options, and
-the texts, tokenizers, models and run folders it reads and writes."""
+the texts and tokenizers it reads (`runs` has its models and run folders)."""
 
 import argparse
 import glob
 import math
-import os
+import re
 import sys
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from llmbook.bpe import BPETokenizer
-from llmbook.checkpoint import (
-    ClassifierFileError,
-    RunFolder,
-    RunFolderError,
-    latest_checkpoint,
-    load_model_file,
-    open_run_folder,
-    read_manifest,
-)
 from llmbook.data import encode_text
-from llmbook.distributed import print0
-from llmbook.files import SetupError, atomic_write
-from llmbook.model import GPTModel
+from llmbook.files import SetupError
 from llmbook.tokenizer import gpt2_tokenizer
-from llmbook.weights import (
-    GPT2_CHECKPOINTS,
-    config_from_hf,
-    download_gpt2,
-    load_gpt2_weights,
-)
+from llmbook.weights import GPT2_CHECKPOINTS
 
 
 class UsageError(Exception):
@@ -54,11 +35,18 @@ FAILURES = (ValueError, OSError, FloatingPointError, SetupError)
 
 
 def one_line(error: BaseException) -> str:
-    """An exception's message on one line (a report of several problems, joined)."""
+    """An exception's message on one line (a report of several problems, joined),
+    in words: the OS's error numbers go (`[Errno 28] No space left on device`
+    reads `No space left on device`), and a full disk says what to do."""
     text = ""
     for line in (line.strip() for line in str(error).splitlines()):
         if line:  # after "(2 problems):" the list goes on with a space, then "; "
             text += (" " if text.endswith(":") else "; " if text else "") + line
+    text = re.sub(r"<urlopen error (.*?)>", r"\1", text)  # urllib's wrapping
+    text = re.sub(r"\[Errno -?\d+\] | ?\(os error \d+\)", "", text)
+    if "No space left on device" in text:
+        text += "; free some space, then run the command again (with --resume "
+        text += "where a run saved a checkpoint)"
     return text or type(error).__name__
 
 
@@ -248,146 +236,3 @@ def end_of_text(tokenizer) -> int:
     if len(ids) != 1:
         raise CommandError("the tokenizer has no <|endoftext|> token")
     return ids[0]
-
-
-RUN_FILE = "run.json"  # a run's manifest: its kind, settings and data
-
-
-@contextmanager
-def claim_out(args, kind: str) -> Iterator[RunFolder]:
-    """`--out` as chapter 7's run folder of `kind`, claimed before any work: a
-    folder of another command's, a file, or one in use is refused here, not
-    after training. Under torchrun the first process claims it for all."""
-    first = os.environ.get("RANK", "0") == "0"
-    resume = getattr(args, "resume", False)
-    hints = {"resume_hint": "add --resume to continue it"}
-    hints["new_hint"] = "leave out --resume to start a run there"
-    with ExitStack() as stack:
-        try:
-            folder = open_run_folder(args.out, kind, resume, first, **hints)
-            run = stack.enter_context(folder)
-        except RunFolderError as error:  # a folder to choose again: usage (exit 2)
-            raise UsageError(f"--out {error}") from None
-        yield run
-
-
-def shown(value) -> str:
-    """A setting as a user writes it: a switch on or off, a value, or unset."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return "unset" if value is None else str(value)
-
-
-def settings_of(args, defaults: dict, saved: dict | None) -> dict:
-    """The values of the options in `defaults` (which default to None): those
-    given, else the defaults; on --resume the run's `saved` ones, where an option
-    given with another value is refused."""
-    if saved is not None and not isinstance(saved.get("settings"), dict):
-        raise CommandError(f"{args.out / RUN_FILE} is damaged: it has no settings")
-    settings = {}
-    for name, default in defaults.items():
-        given = getattr(args, name)
-        if saved is None:
-            settings[name] = default if given is None else given
-            continue
-        if name not in saved["settings"]:
-            raise CommandError(f"{args.out / RUN_FILE} is damaged: no setting {name}")
-        before = saved["settings"][name]
-        if given is not None and given != before:
-            option = "--" + name.replace("_", "-")
-            raise UsageError(
-                f"--resume: the run has {option} {shown(before)}, this command "
-                f"{shown(given)}; leave the option out to keep the run's"
-            )
-        settings[name] = before
-    return settings
-
-
-def model_file(checkpoint: str) -> tuple[Path, Path]:
-    """The weights that `--checkpoint` names and the folder of their run: a file,
-    or a folder that a command wrote (its final model, or, while a pretraining
-    run has not finished, its latest checkpoint)."""
-    path = Path(checkpoint)
-    if path.is_file():
-        folder = path.parent
-        if folder.parent.name == "checkpoints":  # DIR/checkpoints/step-N/model...
-            folder = folder.parent.parent
-        return path, folder
-    if not path.is_dir():
-        raise CommandError(f"--checkpoint {checkpoint}: no such file or folder")
-    for name in ["model.safetensors", "classifier.safetensors"]:
-        if (path / name).is_file():
-            return path / name, path
-    latest = latest_checkpoint(path / "checkpoints")
-    if latest is not None:
-        return latest / "model.safetensors", path
-    raise CommandError(f"{checkpoint} holds no model and no checkpoint")
-
-
-def tokenizer_of(metadata: dict, folder: Path) -> tuple[Any, str]:
-    """The tokenizer a model file was trained with, and its name: from the model
-    file's `metadata`, else from its run's settings, else GPT-2's."""
-    spec = metadata.get("tokenizer") or (read_manifest(folder) or {}).get("tokenizer")
-    spec = spec or "gpt2"
-    return load_tokenizer(spec, folder), spec
-
-
-def load_base_model(args, device) -> tuple[GPTModel, Any, str]:
-    """The GPT that `--checkpoint` or `--gpt2` names, on `device`, with its
-    tokenizer and the tokenizer's name (`gpt2`, or the path of its file)."""
-    if args.gpt2 is not None:
-        folder = download_gpt2(args.gpt2)
-        model = GPTModel(config_from_hf(folder / "config.json"))
-        load_gpt2_weights(model, folder)
-        return model.to(device), gpt2_tokenizer(), "gpt2"
-    weights, folder = model_file(args.checkpoint)
-    try:
-        model, metadata = load_model_file(weights, device)  # one reading of the file
-    except ClassifierFileError:
-        raise CommandError(
-            f"{weights} holds a classifier, which labels texts (llmbook classify); "
-            "generating and finetuning start from a pretraining or instruction run"
-        ) from None
-    tokenizer, spec = tokenizer_of(metadata, folder)
-    if vocabulary_size(tokenizer) > model.cfg.vocab_size:
-        raise CommandError(
-            f"{weights} reads {model.cfg.vocab_size} token ids, fewer than its "
-            f"tokenizer ({spec}) makes: the model and tokenizer do not belong together"
-        )
-    if spec != "gpt2":
-        spec = str((folder / spec) if (folder / spec).is_file() else Path(spec))
-    return model, tokenizer, spec
-
-
-def keep_tokenizer(spec: str, out: Path) -> str:
-    """Copy a BPE tokenizer's file into `out` and return the name to record."""
-    if spec == "gpt2":
-        return spec
-    text = Path(spec).read_text(encoding="utf-8")
-    atomic_write(out / "tokenizer.json", lambda tmp: tmp.write_text(text, "utf-8"))
-    return "tokenizer.json"
-
-
-def plot_losses(history, path: Path, title: str) -> None:
-    """Training and validation loss against steps, as an SVG."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 3.5), layout="constrained")
-    ax = fig.add_subplot()
-    ax.plot(history.steps, history.train_losses, label="training")
-    ax.plot(history.steps, history.val_losses, label="validation", linestyle="--")
-    ax.set(xlabel="step", ylabel="loss", title=title)
-    ax.legend()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="svg"))
-
-
-def finish_training(history, out: Path, title: str, saved: Path) -> None:
-    """After the model is `saved`: its history and a plot of its losses in `out`."""
-    history.save(out / "history.json")
-    if not history.steps:
-        print0(f"saved {saved} (no loss measured: fewer steps than --eval-freq)")
-        return
-    plot_losses(history, out / "losses.svg", title)
-    last = f"step {history.steps[-1]}: training loss {history.train_losses[-1]:.3f}"
-    print0(f"{last}, validation loss {history.val_losses[-1]:.3f}")
-    print0(f"saved {saved}; losses plotted in {out / 'losses.svg'}")

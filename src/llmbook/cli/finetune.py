@@ -24,14 +24,12 @@ from llmbook.classify import (
     classify,
     create_classification_loaders,
     load_classifier,
-    read_labelled_texts,
     save_classifier,
     split_examples,
 )
 from llmbook.cli.common import (
     COUNT,
     RATE,
-    RUN_FILE,
     SEED,
     CommandError,
     Parser,
@@ -39,20 +37,25 @@ from llmbook.cli.common import (
     add_command,
     add_device_option,
     add_model_options,
-    claim_out,
     end_of_text,
-    finish_training,
-    keep_tokenizer,
-    load_base_model,
     load_tokenizer,
-    model_file,
     number,
     path_option,
     pick_device,
+)
+from llmbook.cli.runs import (
+    RUN_FILE,
+    checkpoint_to_resume,
+    claim_out,
+    finish_training,
+    keep_tokenizer,
+    load_base_model,
+    model_file,
     settings_of,
 )
 from llmbook.fast import configure_optimizer
 from llmbook.files import file_sha256, save_json
+from llmbook.labelled import read_labelled_texts
 from llmbook.train import TrainingConfig, train_model
 
 # The settings of a finetuning run, with the values their options' None stands for
@@ -130,6 +133,8 @@ def finetune_inputs(args, run, defaults: dict) -> tuple[dict, dict]:
             f"--resume: the run in {args.out} has finished, and its model is saved; "
             "to train further, start a new run from it (--checkpoint)"
         )
+    if saved is not None:
+        checkpoint_to_resume(args.out)
     settings = settings_of(args, defaults, saved)
     before = (saved or {}).get("inputs", {})
     data = args.data or (Path(before["data"]) if "data" in before else None)

@@ -17,10 +17,10 @@ from llmbook.cli.common import (
     add_device_option,
     add_model_options,
     end_of_text,
-    load_base_model,
     number,
     pick_device,
 )
+from llmbook.cli.runs import load_base_model
 from llmbook.data import encode_text
 from llmbook.generate import generate
 

@@ -18,11 +18,7 @@ from llmbook.cli.common import (
     add_command,
     add_device_option,
     add_model_options,
-    claim_out,
     end_of_text,
-    finish_training,
-    keep_tokenizer,
-    load_base_model,
     path_option,
     pick_device,
 )
@@ -32,6 +28,7 @@ from llmbook.cli.finetune import (
     finetune,
     finetune_inputs,
 )
+from llmbook.cli.runs import claim_out, finish_training, keep_tokenizer, load_base_model
 from llmbook.data import encode_text
 from llmbook.files import save_json
 from llmbook.instruct import (

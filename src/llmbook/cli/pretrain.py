@@ -18,13 +18,12 @@ from llmbook.cli.common import (
     UsageError,
     add_command,
     add_device_option,
-    claim_out,
-    finish_training,
     number,
     path_option,
     pick_device,
     vocabulary_size,
 )
+from llmbook.cli.runs import checkpoint_to_resume, claim_out, finish_training
 from llmbook.cli.settings import (
     PRETRAIN,
     RUN_LENGTH,
@@ -131,11 +130,7 @@ def pretrain(args) -> None:
 
 def check_length(out: Path, saved: dict, total: int) -> None:
     """Refuse to resume a run with a length that ends where it stands already."""
-    latest = latest_checkpoint(out / "checkpoints")
-    at = max(
-        0 if latest is None else checkpoint_step(latest),
-        saved.get("finished_step", 0),
-    )
+    at = max(checkpoint_step(checkpoint_to_resume(out)), saved.get("finished_step", 0))
     if total <= at:
         raise UsageError(
             f"--resume: the run is at step {at} already and this length ends at step "

@@ -14,13 +14,12 @@ from pathlib import Path
 from llmbook.bpe import BPETokenizer
 from llmbook.cli.common import (
     PIPE,
-    RUN_FILE,
     CommandError,
     UsageError,
     load_tokenizer,
     read_texts,
-    settings_of,
 )
+from llmbook.cli.runs import RUN_FILE, settings_of
 from llmbook.data import create_dataloader
 from llmbook.model import GPTConfig
 
@@ -208,8 +207,14 @@ def loaders(text: str, settings: dict, tokenizer):
                     part, settings["batch_size"], tokenizer=tokenizer, **size, **kind
                 )
             )
-        except ValueError:
-            context = settings["context_length"]
+        except ValueError as error:
+            context, batch = settings["context_length"], settings["batch_size"]
+            if "fewer than one batch" in str(error):  # samples, but not enough
+                raise CommandError(
+                    f"the {name} text makes fewer than one batch of --batch-size "
+                    f"{batch} samples of {context} tokens; give a smaller --batch-size "
+                    "or more text"
+                ) from None
             raise CommandError(
                 f"the {name} text is too short for a sample of --context-length "
                 f"{context} (it needs {context + 1} tokens or more); give more "
