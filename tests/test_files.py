@@ -52,6 +52,16 @@ def test_atomic_write_names_the_problem_with_a_path(tmp_path, monkeypatch):
     monkeypatch.setattr(files.os, "open", refuse)
     with pytest.raises(PermissionError, match="no permission to create files in"):
         files.atomic_write(tmp_path / "f.bin", write)
+    monkeypatch.undo()
+
+    def fill(tmp):  # what a write to a full disk raises: no file name in it
+        tmp.write_bytes(b"part")
+        raise OSError(28, "No space left on device")
+
+    full = r"\[Errno 28\] cannot write .*f.bin \(No space left on device\)"
+    with pytest.raises(OSError, match=full):
+        files.atomic_write(tmp_path / "f.bin", fill)
+    assert not list(tmp_path.iterdir())  # and no part of the file is left
 
 
 @pytest.mark.skipif(

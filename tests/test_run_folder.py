@@ -284,7 +284,7 @@ def test_checkpoint_files_of_another_program_and_a_full_disk_are_named(
     sums = json.loads((saved / "checksums.json").read_text())
     sums["optimizer.pt"] = file_sha256(saved / "optimizer.pt")
     (saved / "checksums.json").write_text(json.dumps(sums))
-    with pytest.raises(ValueError, match="optimizer or random state cannot be read"):
+    with pytest.raises(ValueError, match="optimizer.pt is damaged: torch cannot read"):
         load_checkpoint(tmp_path, model, optimizer)
 
     def full(*args, **kwargs):
@@ -294,3 +294,15 @@ def test_checkpoint_files_of_another_program_and_a_full_disk_are_named(
     with pytest.raises(OSError, match=r"could not write .*m.safetensors \(Error"):
         save_model(model, tmp_path / "m.safetensors")
     assert not list(tmp_path.glob("*m.safetensors*"))  # no temporary file left
+
+
+def test_a_full_disk_is_named_when_the_folder_is_claimed(tmp_path, monkeypatch):
+    """The third probe: writing the lock's pid on a full disk raised a bare errno."""
+    import llmbook.checkpoint
+
+    def full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(llmbook.checkpoint.os, "write", full)
+    with pytest.raises(RunFolderError, match=r"cannot write in .*\(No space left"):
+        claim(tmp_path / "run", "pretraining")

@@ -562,6 +562,19 @@ def manifest(rel: str, test: Callable[[dict], str | None]) -> Check:
     return check
 
 
+def resumed_to(step: int) -> Check:
+    """The run in `run` went on to `step`: its run.json and its latest checkpoint."""
+
+    def check(ctx: Ctx, res: Result) -> str | None:
+        manifest = json.loads(ctx.path("run/run.json").read_text())
+        latest = ctx.path("run/checkpoints/latest").read_text().strip()
+        if manifest.get("finished_step") != step or latest != f"step-{step:08d}":
+            return f"finished_step {manifest.get('finished_step')}, latest {latest}"
+        return None
+
+    return check
+
+
 def trained(ctx: Ctx, res: Result) -> str | None:
     """DATA-LOSS test of a refused finetuning: it must not have trained first."""
     if re.search(r"accuracy|^step \d+", res.out, re.MULTILINE):
@@ -1341,10 +1354,16 @@ def damaged_probes() -> list[Probe]:
             latest,
         ),
         r("latest-binary", put(latest, b"\x00\xff\xfe" * 30), "latest", latest),
-        # Debatable: without its pointer the checkpoints are still there. A careful
-        # user expects a refusal (or a resume from them), never a run trained again
-        # from step 0 over the saved model.
-        finished("latest-deleted-then-new-length", put(latest, None), "latest"),
+        # Without its pointer the checkpoints are still there: the run resumes from
+        # the newest (as a resume is exact, its weights are those of a run from
+        # step 0 either way; tests/test_run_folder.py checks which folder is used).
+        work(
+            k,
+            "latest-deleted-then-new-length",
+            RESUME,
+            resumed_to(8),
+            setup=copies("base", then=put(latest, None)),
+        ),
         finished("latest-is-a-folder-then-new-length", as_folder, "latest"),
         r("run-json-garbage", put("run.json", "{not json"), "run.json", "run.json"),
         r(

@@ -317,15 +317,17 @@ def load_checkpoint(directory, model, optimizer) -> dict:
                 "an older one, or start afresh"
             )
     load_weights(model, folder / "model.safetensors")
-    try:
-        moments = torch.load(folder / "optimizer.pt", weights_only=True)
-        optimizer.load_state_dict(moments)
-        return {**state, **torch.load(folder / "rng.pt", weights_only=True)}
-    except (pickle.UnpicklingError, EOFError, RuntimeError):  # not torch's files
-        raise ValueError(
-            f"the checkpoint {folder} is damaged: its optimizer or random state "
-            "cannot be read, though the checksums match (written by another program?)"
-        ) from None
+    saved = {}
+    for name in ["optimizer.pt", "rng.pt"]:
+        try:
+            saved[name] = torch.load(folder / name, weights_only=True)
+        except (pickle.UnpicklingError, EOFError, RuntimeError):  # not torch's file
+            raise ValueError(
+                f"{folder / name} is damaged: torch cannot read it, though its "
+                "checksum matches (did another program write it?)"
+            ) from None
+    optimizer.load_state_dict(saved["optimizer.pt"])
+    return {**state, **saved["rng.pt"]}
 
 
 RUN_KINDS = {  # a run folder's kind, and how messages name it
@@ -390,8 +392,12 @@ def _locked(folder: Path) -> Iterator[None]:
                 f"{folder} is in use by process {holder or '?'}: wait until it ends "
                 "(or stop it), or choose another folder"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as error:  # a full disk, say
+            full = f"cannot write in {folder} ({error.strerror})"
+            raise RunFolderError(full) from None
         yield
     finally:
         os.close(fd)  # closing the file releases the lock

@@ -40,12 +40,19 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
         raise PermissionError(
             f"cannot write {path}: no permission to create files in {path.parent}"
         ) from exc
+    except OSError as exc:  # a full disk, say: the error names the file, not tmp
+        raise OSError(exc.errno, f"cannot write {path} ({exc.strerror})") from exc
     try:
         write(tmp)
         tmp.chmod(0o666 & ~current_umask())  # whatever `write` did (safetensors: 0o600)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())  # the bytes are on disk before the name is
         os.replace(tmp, path)  # atomic on POSIX and Windows
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno is not None and exc.filename in (None, str(tmp)):
+            raise OSError(exc.errno, f"cannot write {path} ({exc.strerror})") from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
