@@ -791,7 +791,8 @@ def test_a_refused_resume_changes_nothing(tmp_path, verdict):
     command("pretrain", verdict, "--out", out, *settings, check=0)
     before = folder_state(out)
     refused = command("pretrain", "--out", out, "--resume", "--max-steps", 6)
-    assert refused.returncode == 1 and "learning-rate schedule" in refused.stderr
+    assert refused.returncode == 2, refused.stderr
+    assert "--cosine keeps the length it started with (4 steps)" in refused.stderr
     assert folder_state(out) == before
     (out / "checkpoints" / "latest").unlink()  # the newest folder is found without
     again = command("pretrain", "--out", out, "--resume", "--max-steps", 4)

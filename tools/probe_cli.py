@@ -1260,7 +1260,7 @@ def resume_probes() -> list[Probe]:
             k,
             "cosine-extended",
             [*resume, "--max-steps", "8"],
-            "schedule",
+            "--cosine keeps the length",
             setup=copies("cosine"),
             protect=["run"],
         ),

@@ -128,6 +128,14 @@ def pretrain(args) -> None:
         train_run(args, run, settings, text, names, saved)
 
 
+def run_length(settings: dict, steps_an_epoch: int) -> tuple[int, int]:
+    """The epochs and the steps of a run: --epochs, --max-steps or one pass."""
+    epochs, max_steps = settings["epochs"], settings["max_steps"]
+    if epochs is None:  # one pass, or as many as max_steps takes
+        epochs = 1 if max_steps is None else -(-max_steps // steps_an_epoch)
+    return epochs, min(epochs * steps_an_epoch, max_steps or epochs * steps_an_epoch)
+
+
 def check_length(out: Path, saved: dict, total: int) -> None:
     """Refuse to resume a run with a length that ends where it stands already."""
     at = max(checkpoint_step(checkpoint_to_resume(out)), saved.get("finished_step", 0))
@@ -160,15 +168,19 @@ def train_run(args, run: RunFolder, settings, text, names, saved) -> None:
         optimizer = configure_optimizer(
             model, lr=settings["lr"], weight_decay=settings["weight_decay"]
         )
-        epochs, max_steps = settings["epochs"], settings["max_steps"]
-        if epochs is None:  # one pass, or as many as max_steps takes
-            epochs = 1 if max_steps is None else -(-max_steps // len(train_loader))
-        total = min(epochs * len(train_loader), max_steps or epochs * len(train_loader))
+        epochs, total = run_length(settings, len(train_loader))
         if resuming:
             check_length(out, saved, total)
+            before = run_length(saved["settings"], len(train_loader))[1]
+            if settings["cosine"] and total != before:  # the decay is spread over it
+                raise UsageError(
+                    f"--resume: a run with --cosine keeps the length it started with "
+                    f"({before} steps), as its learning rate decays over it; leave out "
+                    "--epochs and --max-steps, or start a new run"
+                )
         config = TrainingConfig(
             num_epochs=epochs,
-            max_steps=max_steps,
+            max_steps=settings["max_steps"],
             eval_freq=settings["eval_freq"],
             eval_iter=settings["eval_batches"],
             checkpoint_dir=out / "checkpoints",
