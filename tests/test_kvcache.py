@@ -7,12 +7,15 @@ import torch
 from llmbook.attention import LayerCache, MultiHeadAttention
 from llmbook.generate import generate
 from llmbook.model import GPTConfig, GPTModel, KVCache
+from tiny import tiny_config
+
+VOCAB = 257  # tests/tiny.py's bytes: the cache does not care which ids they are
 
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return GPTModel(GPTConfig.preset("debug", drop_rate=0.0)).eval()
+    return GPTModel(tiny_config(drop_rate=0.0, context_length=64)).eval()
 
 
 @pytest.mark.parametrize("use_sdpa", [True, False])
@@ -46,22 +49,22 @@ def test_model_read_in_pieces_gives_the_logits_of_the_whole(tie_weights):
 
 def test_greedy_tokens_are_identical_for_a_gpt2_small_shaped_model():
     # GPT-2 small's widths (12 heads of 64, 768 wide, 50,257 tokens) in two of its
-    # twelve blocks (every block runs the same code), 40 new tokens and a window of
-    # 32: the last 16 steps run past it, where the cache must start afresh on the
-    # last 32 tokens at every step.
+    # twelve blocks (every block runs the same code), 24 new tokens and a window of
+    # 16: the last 16 steps run past it, where the cache must start afresh on the
+    # last 16 tokens at every step.
     torch.manual_seed(2)
     cfg = GPTConfig.preset("gpt2-small", drop_rate=0.0, n_layers=2)
     model = GPTModel(cfg).eval()
     prompt = torch.randint(0, 50257, (1, 8))
-    plain = generate(model, prompt, 40, context_size=32, use_cache=False)
-    cached = generate(model, prompt, 40, context_size=32)
-    assert plain.shape == (1, 48)
+    plain = generate(model, prompt, 24, context_size=16, use_cache=False)
+    cached = generate(model, prompt, 24, context_size=16)
+    assert plain.shape == (1, 32)
     assert cached.tolist() == plain.tolist()
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_sampled_rows_are_identical_with_the_same_generator_seed(model, seed):
-    prompt = torch.randint(0, 50257, (3, 5), generator=torch.Generator().manual_seed(9))
+    prompt = torch.randint(0, VOCAB, (3, 5), generator=torch.Generator().manual_seed(9))
 
     def run(use_cache):
         generator = torch.Generator().manual_seed(seed)
@@ -71,7 +74,7 @@ def test_sampled_rows_are_identical_with_the_same_generator_seed(model, seed):
             max_new_tokens=70,
             context_size=32,
             temperature=1.3,
-            top_k=200,
+            top_k=100,  # of the 257 tokens
             generator=generator,
             use_cache=use_cache,
         )
@@ -112,7 +115,7 @@ def test_a_cache_of_another_batch_size_or_model_is_refused(model):
     cache = KVCache(model, batch_size=2, capacity=8)
     with pytest.raises(ValueError, match="batches of 2 rows, got 3"):
         model(torch.zeros(3, 4, dtype=torch.long), cache)
-    other = GPTModel(GPTConfig.preset("debug"))
+    other = GPTModel(tiny_config(context_length=64))
     with pytest.raises(ValueError, match="another model's keys and values"):
         other(torch.zeros(2, 4, dtype=torch.long), cache)
     assert cache.length == 0  # nothing was stored by the refused calls
@@ -127,7 +130,7 @@ def test_a_full_cache_is_refused_and_reset_empties_it(model):
         cache.feed(torch.zeros(1, 6, dtype=torch.long))
     cache.reset()
     assert cache.length == 0
-    assert model(torch.zeros(1, 8, dtype=torch.long), cache).shape == (1, 8, 50257)
+    assert model(torch.zeros(1, 8, dtype=torch.long), cache).shape == (1, 8, VOCAB)
 
 
 @pytest.mark.parametrize(
