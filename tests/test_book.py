@@ -496,7 +496,7 @@ def fake_setup(
         f'printf "%s\\n" "$*" >> "{log}"\n'
         'case "$*" in "-c import torch") exit 1;; esac\n'
         'case "$*" in "-m pytest"*)\n'
-        f'  echo "threads $OMP_NUM_THREADS" >> "{log}";; esac\n'
+        f'  echo "env $OMP_NUM_THREADS $GLIBC_TUNABLES" >> "{log}";; esac\n'
     )
     for tool in ["ruff", "mypy"]:
         (bin_ / tool).write_text(f'#!/bin/sh\nprintf "{tool} %s\\n" "$*" >> "{log}"\n')
@@ -556,6 +556,22 @@ def test_uv_installs_the_tools_and_pip_takes_over_when_it_cannot(
     assert (by_uv in calls) == (installer != "pip")
     assert (by_pip in calls) == (tools_by == "pip")
     assert ("pip does it instead" in done.stderr) == (uv_status != 0)
+
+
+def test_pytest_runs_one_thread_a_process_and_keeps_freed_memory(tmp_path):
+    done, calls = fake_setup(tmp_path, {}, uv_status=0)
+    assert done.returncode == 0, done.stderr
+    run = next(c for c in calls if c.startswith("-m pytest"))
+    assert run.split()[2:7] == [
+        "-n",
+        "auto",
+        "--dist",
+        "loadfile",
+        "--no-loadscope-reorder",
+    ]
+    threads, tunables = calls[calls.index(run) + 1].split()[1:]
+    assert threads == "1"  # exported: the tests' subprocesses inherit it
+    assert "glibc.malloc.trim_threshold=1073741824" in tunables
 
 
 def test_an_option_inside_the_torch_requirement_is_refused_before_pip(tmp_path):
