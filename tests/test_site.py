@@ -221,14 +221,20 @@ CHECK_PAGE = """() => {
 }"""
 
 
-def _open(browser, url: str, base: str, viewport: dict, dark: bool = False):
+LATE_MS = 200  # how long a page stays open after it has loaded, for late errors
+
+
+def _open(
+    browser, url: str, base: str, viewport: dict, dark: bool = False, wait: bool = True
+):
     context = browser.new_context(
         viewport=viewport, color_scheme="dark" if dark else "light"
     )
     page = context.new_page()
     visit = Visit(page, base)
     page.goto(url, wait_until="load")
-    page.wait_for_timeout(200)  # late scripts and their errors
+    if wait:
+        page.wait_for_timeout(LATE_MS)  # late scripts and their errors
     return context, page, visit
 
 
@@ -239,12 +245,21 @@ def test_every_page_loads_cleanly_in_chromium(browser, served, site):
     problems: list[str] = []
     anchors: dict[str, set[str]] = {}
     links: dict[str, list[str]] = {}
-    for path in _pages(site):
-        context, page, visit = _open(browser, served + path, served, DESKTOP)
-        found = page.evaluate(CHECK_PAGE)
+    still_open: list = []  # the page before stays open while the next one loads
+
+    def close(where, context, visit):
         context.close()
+        problems.extend(f"{where}: {p}" for p in visit.problems)
+
+    for path in _pages(site):
+        context, page, visit = _open(
+            browser, served + path, served, DESKTOP, wait=False
+        )
+        found = page.evaluate(CHECK_PAGE)
         where = path or "home"
-        problems += [f"{where}: {p}" for p in visit.problems]
+        if still_open:  # it has had this page's load time for late errors
+            close(*still_open.pop())
+        still_open.append((where, context, visit))
         problems += [f"{where}: broken image {src}" for src in found["broken"]]
         problems += [f"{where}: code scrolls: {line}" for line in found["scrolling"]]
         tex = RAW_TEX.search(found["text"])
@@ -252,6 +267,8 @@ def test_every_page_loads_cleanly_in_chromium(browser, served, site):
             problems.append(f"{where}: raw TeX {tex[0]!r}")
         anchors[served + path] = set(found["ids"])
         links[where] = found["links"]
+    page.wait_for_timeout(LATE_MS)
+    close(*still_open.pop())
     for where, hrefs in links.items():
         for href in hrefs:
             if not href.startswith(served):
