@@ -30,8 +30,9 @@ from tiny import BYTES, ctrl_c_at, story_loaders, tiny_config
 @dataclasses.dataclass
 class Setup:
     """A kind of run: `make()` gives a fresh model, its loaders and optimizer (the
-    same ones at every call); `stop` ends the interrupted run, as `max_steps` or as a
-    Ctrl-C (a KeyboardInterrupt) at that batch; it resumes from step `resumes_at`."""
+    same ones at every call); `stop` ends the interrupted run, as `max_steps`, as a
+    pause (`pause_at`, kept when it resumes) or as a Ctrl-C (a KeyboardInterrupt) at
+    that batch; it resumes from step `resumes_at`."""
 
     make: Callable[[], tuple[torch.nn.Module, Any, Any, torch.optim.Optimizer]]
     settings: dict
@@ -134,6 +135,15 @@ SETUPS = {
         {"interrupt_after": 10},
         6,
     ),
+    # Paused on purpose in the middle of a cosine decay, with no checkpoints before:
+    # the pause saves one, and the same settings with resume=True go on to the end.
+    "paused": lambda text: Setup(
+        refined(text),
+        {"num_epochs": 2, "eval_freq": 4, "eval_iter": 1}
+        | {"warmup_steps": 4, "cosine_decay": True},
+        {"pause_at": 7},
+        7,
+    ),
     # Chapter 8's classifier: another loss, frozen parameters, a head of its own.
     "classifier": lambda text: Setup(
         classifier(),
@@ -145,10 +155,21 @@ SETUPS = {
 }
 
 
-def run(setup: Setup, folder, resume=False, max_steps=None, interrupt_after=None):
+def run(
+    setup: Setup,
+    folder,
+    resume=False,
+    max_steps=None,
+    interrupt_after=None,
+    pause_at=None,
+):
     model, train, val, optimizer = setup.make()
     settings = TrainingConfig(
-        checkpoint_dir=folder, max_steps=max_steps, progress=False, **setup.settings
+        checkpoint_dir=folder,
+        max_steps=max_steps,
+        pause_at=pause_at,
+        progress=False,
+        **setup.settings,
     )
     loss_fn = ctrl_c_at(interrupt_after, setup.loss_fn)
     history = train_model(
@@ -168,8 +189,9 @@ def test_an_interrupted_run_resumes_exactly(tmp_path, verdict, name):
         run(setup, tmp_path / "stopped", **setup.stop)
     last = latest_checkpoint(tmp_path / "stopped")
     assert last is not None and last.name == f"step-{setup.resumes_at:08d}"
+    kept = {"pause_at": setup.stop["pause_at"]} if "pause_at" in setup.stop else {}
     resumed, resumed_optimizer, resumed_history = run(
-        setup, tmp_path / "stopped", resume=True
+        setup, tmp_path / "stopped", resume=True, **kept
     )
     for name, tensor in straight.state_dict().items():
         assert torch.equal(tensor, resumed.state_dict()[name]), name

@@ -174,6 +174,8 @@ def test_load_model_refuses_foreign_files(tmp_path):
 def test_training_config_validation():
     with pytest.raises(ValueError, match="checkpoint_every needs a checkpoint_dir"):
         TrainingConfig(checkpoint_every=5)
+    with pytest.raises(ValueError, match="pause_at needs a checkpoint_dir"):
+        TrainingConfig(pause_at=5)  # a pause would leave nothing to go on from
     with pytest.raises(ValueError, match="must be positive"):
         TrainingConfig(num_epochs=0)
 
@@ -275,6 +277,7 @@ def test_a_diverging_loss_stops_training_and_keeps_the_last_good_checkpoint(
         ("checkpoint_every", 0),
         ("max_steps", 0),
         ("max_steps", -3),
+        ("pause_at", 0),
         ("eval_iter", 0),
         ("eval_freq", 0),
     ],

@@ -53,6 +53,7 @@ class TrainingConfig:
     overwrite_checkpoints: bool = False  # may a new run delete an old run's?
     run_id: str | None = None  # a run's name: its checkpoints resume no other run
     max_steps: int | None = None  # stop after this many steps in total
+    pause_at: int | None = None  # end this call at this step; resume=True goes on
     progress: bool = True  # show a progress bar
     # Speed (appendix C); none of them changes what is computed, up to rounding.
     grad_accum_steps: int = 1  # batches whose gradients add up to one step
@@ -69,13 +70,14 @@ class TrainingConfig:
         for name in ["num_epochs", "eval_freq", "keep_checkpoints", "grad_accum_steps"]:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ["eval_iter", "checkpoint_every", "max_steps"]:
+        for name in ["eval_iter", "checkpoint_every", "max_steps", "pause_at"]:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(
                     f"{name} must be positive or None, got {getattr(self, name)}"
                 )
-        if self.checkpoint_every is not None and self.checkpoint_dir is None:
-            raise ValueError("checkpoint_every needs a checkpoint_dir")
+        for name in ["checkpoint_every", "pause_at"]:
+            if getattr(self, name) is not None and self.checkpoint_dir is None:
+                raise ValueError(f"{name} needs a checkpoint_dir")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be 0 or more, got {self.warmup_steps}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
@@ -226,7 +228,8 @@ def train_model(
     (default: next-token cross-entropy). `sample(model)`, if given, is called in
     eval mode after every epoch; what it returns is kept in the history. With
     `resume=True`, training goes on from the latest checkpoint in
-    `config.checkpoint_dir` and ends with the weights of an uninterrupted run.
+    `config.checkpoint_dir` and ends with the weights of an uninterrupted run;
+    `config.pause_at` ends a call early, at a checkpoint to resume from.
     """
     config = config or TrainingConfig()
     loss_fn = loss_fn or calc_loss_batch
@@ -239,6 +242,7 @@ def train_model(
     forward_model = compile_model(wrapped, device) if config.compile else wrapped
     device_type = torch.device(device).type
     model.train()
+    paused = False  # by config.pause_at
     while at.epoch < config.num_epochs and at.step < run.total:
         for input_batch, target_batch in _epoch_batches(train_loader, run):
             if run.pending == 0:  # the first batch of a step
@@ -258,14 +262,18 @@ def train_model(
             if at.step % config.eval_freq == 0:
                 losses = _evaluate_run(run, model, optimizer, loaders, device, loss_fn)
                 bar.set_postfix(train=f"{losses[0]:.3f}", val=f"{losses[1]:.3f}")
-            if config.checkpoint_every and at.step % config.checkpoint_every == 0:
+            paused = at.step == config.pause_at  # a checkpoint to go on from
+            every = config.checkpoint_every
+            if paused or (every and at.step % every == 0):
                 _save_run(run, model, optimizer, train_loader)
-            if at.step >= run.total:
+            if at.step >= run.total or paused:
                 break
         if at.batch_in_epoch == len(train_loader):  # the epoch is complete
             at.epoch, at.batch_in_epoch = at.epoch + 1, 0
             if sample is not None:
                 run.history.samples.append(_sample(model, sample))
+        if paused:
+            break
     bar.close()
     check_finite(run.diverged, config.checkpoint_dir)
     return run.history
