@@ -158,9 +158,21 @@ def skills_model(tokenizer, seed: int = 123) -> GPTModel:
     return GPTModel(cfg)
 
 
-def train_skills(model, tokenizer, train, val, epochs: int = 8, seed: int = 123):
+def train_skills(
+    model,
+    tokenizer,
+    train,
+    val,
+    epochs: int = 8,
+    seed: int = 123,
+    checkpoint_dir=None,
+    pause_at: int | None = None,
+    resume: bool = False,
+):
     """Finetune on the entries with the prompts masked, the learning rate warmed
-    up and decayed; evaluates after each epoch. Returns the TrainingHistory."""
+    up and decayed; evaluates after each epoch. Returns the TrainingHistory.
+    With a `checkpoint_dir`, `pause_at` ends the call after that step and a call
+    with `resume=True` goes on to the end (chapter 7)."""
     eos = tokenizer.special_tokens["<|endoftext|>"]
     train_loader, val_loader = create_instruction_loaders(
         train, val, tokenizer, 16, seed, pad_token_id=eos, mask_prompt=True
@@ -169,11 +181,15 @@ def train_skills(model, tokenizer, train, val, epochs: int = 8, seed: int = 123)
     config = TrainingConfig(
         num_epochs=epochs,
         eval_freq=len(train_loader),
+        checkpoint_dir=checkpoint_dir,
+        pause_at=pause_at,
         warmup_steps=20,
         cosine_decay=True,
         progress=False,
     )
-    return train_model(model, train_loader, val_loader, optimizer, "cpu", config)
+    return train_model(
+        model, train_loader, val_loader, optimizer, "cpu", config, resume=resume
+    )
 
 
 def skills_files(model="skills-model.safetensors", tokenizer="skills-bpe.json"):
