@@ -245,7 +245,7 @@ def test_every_page_loads_cleanly_in_chromium(browser, served, site):
     problems: list[str] = []
     anchors: dict[str, set[str]] = {}
     links: dict[str, list[str]] = {}
-    still_open: list = []  # the page before stays open while the next one loads
+    previous = None  # the page before stays open while the next one loads
 
     def close(where, context, visit):
         context.close()
@@ -257,9 +257,9 @@ def test_every_page_loads_cleanly_in_chromium(browser, served, site):
         )
         found = page.evaluate(CHECK_PAGE)
         where = path or "home"
-        if still_open:  # it has had this page's load time for late errors
-            close(*still_open.pop())
-        still_open.append((where, context, visit))
+        if previous:  # it has had this page's load time for late errors
+            close(*previous)
+        previous = (where, context, visit)
         problems += [f"{where}: broken image {src}" for src in found["broken"]]
         problems += [f"{where}: code scrolls: {line}" for line in found["scrolling"]]
         tex = RAW_TEX.search(found["text"])
@@ -267,8 +267,9 @@ def test_every_page_loads_cleanly_in_chromium(browser, served, site):
             problems.append(f"{where}: raw TeX {tex[0]!r}")
         anchors[served + path] = set(found["ids"])
         links[where] = found["links"]
+    assert previous is not None, "the site has no pages"
     page.wait_for_timeout(LATE_MS)
-    close(*still_open.pop())
+    close(*previous)
     for where, hrefs in links.items():
         for href in hrefs:
             if not href.startswith(served):
