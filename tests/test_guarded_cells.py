@@ -67,6 +67,8 @@ STAND_INS: dict[str, list[tuple[str, list[tuple[str, str]]]]] = {
         ),
         ("result = score_responses(", [("http://localhost:11434", "JUDGE_URL")]),
     ],
+    # the weights come from the `tiny_qwen3` fixture, through download_hub
+    "10-modern-llm.md": [('folder = download_hub("qwen3-0.6b")', [])],
     "appendix-a-pytorch.md": [('device = torch.device("cuda")', ON_CPU)],
     "appendix-c-making-it-fast.md": [
         (
@@ -202,9 +204,41 @@ def tiny_gpt2(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def tiny_qwen3(tmp_path_factory) -> Path:
+    """A random Qwen 3 and a byte-level BPE of 300 tokens, saved as the hub has
+    them: config.json, model.safetensors and tokenizer.json."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-qwen3")
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tokenizer.train_from_iterator(["The primary colours are red and blue."], trainer)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    torch.manual_seed(0)
+    config = Qwen3Config(
+        vocab_size=320,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+    )
+    Qwen3ForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
 @pytest.mark.parametrize("cell", CELLS, ids=[f"{c.page}:{c.line}" for c in CELLS])
 def test_guarded_cell_runs_on_a_stand_in(
-    cell, tmp_path, monkeypatch, tiny_gpt2, judge_url
+    cell, tmp_path, monkeypatch, tiny_gpt2, tiny_qwen3, judge_url
 ):
     code = cell.code
     for old, new in stand_in_for(cell):
@@ -215,6 +249,7 @@ def test_guarded_cell_runs_on_a_stand_in(
     code = code.replace("JUDGE_URL", judge_url)
     monkeypatch.chdir(tmp_path)  # the files a cell writes or reads stay here
     monkeypatch.setattr(llmbook.weights, "download_gpt2", lambda *a, **k: tiny_gpt2)
+    monkeypatch.setattr(llmbook.weights, "download_hub", lambda *a, **k: tiny_qwen3)
     responses = [
         {
             "instruction": "Name a colour.",

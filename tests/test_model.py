@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from llmbook.attention import MultiHeadAttention
+from llmbook.attention import GroupedQueryAttention, MultiHeadAttention
 from llmbook.generate import generate_text_simple
 from llmbook.model import (
     GELU,
@@ -16,6 +16,7 @@ from llmbook.model import (
     GPTConfig,
     GPTModel,
     LayerNorm,
+    SwiGLU,
     TransformerBlock,
 )
 
@@ -106,6 +107,8 @@ def test_init_follows_gpt2():
     assert abs(model.tok_emb.weight.std().item() - 0.02) < 0.002
     block = model.trf_blocks[0]
     assert isinstance(block, TransformerBlock)
+    assert isinstance(block.att, MultiHeadAttention)
+    assert isinstance(block.ff, FeedForward)
     residual = block.att.out_proj.weight.std().item()
     assert abs(residual - 0.02 / 4) < 0.001  # 0.02 / sqrt(2 * 8 layers)
     projection = block.ff.layers[2]
@@ -150,6 +153,25 @@ def test_same_seed_same_model_and_dropout_off_in_eval():
 def test_config_validation(kwargs, message):
     with pytest.raises(ValueError, match=message):
         GPTConfig(**kwargs)
+
+
+def test_modern_init_scales_the_shortcut_weights_too():
+    torch.manual_seed(0)
+    model = GPTModel(GPTConfig.preset("qwen3-debug", n_layers=8, emb_dim=64))
+    block = model.trf_blocks[0]
+    assert isinstance(block.ff, SwiGLU) and model.pos_emb is None
+    assert isinstance(block.att, GroupedQueryAttention)
+    for weight in [block.att.out_proj.weight, block.ff.down.weight]:
+        assert abs(weight.std().item() - 0.02 / 4) < 0.002
+    assert abs(block.ff.up.weight.std().item() - 0.02) < 0.002
+    assert not [name for name, _ in model.named_parameters() if "bias" in name]
+
+
+def test_gpt2_presets_build_the_parts_of_chapter_6():
+    model = GPTModel(GPTConfig.preset("debug"))
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert {"LayerNorm", "MultiHeadAttention", "FeedForward"} <= kinds
+    assert not kinds & {"RMSNorm", "GroupedQueryAttention", "SwiGLU"}
 
 
 def test_presets_and_overrides():

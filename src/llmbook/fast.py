@@ -18,7 +18,9 @@ def flops_per_token(model: GPTModel, context_length: int) -> int:
     6 per weight that multiplies (all but the embedding lookups) plus the attention
     scores and their weighted sum, 12 * layers * emb_dim * context_length."""
     cfg = model.cfg
-    lookups = {id(model.tok_emb.weight), id(model.pos_emb.weight)}
+    lookups = {id(model.tok_emb.weight)}
+    if model.pos_emb is not None:  # learned positions; RoPE's are computed
+        lookups.add(id(model.pos_emb.weight))
     weights = sum(p.numel() for p in model.parameters() if id(p) not in lookups)
     if model.out_head.weight is model.tok_emb.weight:  # tied: the head multiplies
         weights += model.out_head.weight.numel()

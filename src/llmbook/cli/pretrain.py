@@ -36,7 +36,7 @@ from llmbook.cli.settings import (
 )
 from llmbook.distributed import device_for, distributed, distributed_loader, print0
 from llmbook.fast import configure_optimizer
-from llmbook.model import PRESETS, GPTModel
+from llmbook.model import MODERN_PRESETS, PRESETS, GPTModel
 from llmbook.train import TrainingConfig, train_model
 
 
@@ -55,7 +55,9 @@ def add_pretrain(commands) -> None:
     model = p.add_mutually_exclusive_group()
     shown = {}
     shown["preset"] = model.add_argument(
-        "--preset", choices=sorted(PRESETS), help="the model's size"
+        "--preset",
+        choices=sorted(PRESETS | MODERN_PRESETS),
+        help="a GPT-2 size, or a Llama 3 / Qwen 3 shape (chapter 10)",
     )
     shown["config"] = model.add_argument(
         "--config", metavar="FILE", help="a JSON file of GPTConfig fields"

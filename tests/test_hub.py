@@ -1,0 +1,236 @@
+"""Chapter 10's modern models against Hugging Face's Llama 3 and Qwen 3.
+
+Tiny random checkpoints made by `transformers` (nothing is downloaded) load into
+GPTModel through `config_from_hub` and `load_hub_weights`; the logits must agree to
+float32 rounding and greedy generation token for token, with and without the cache.
+"""
+
+import json
+
+import pytest
+import torch
+
+from llmbook.attention import GroupedQueryAttention, rope_frequencies
+from llmbook.generate import generate
+from llmbook.model import GPTConfig, GPTModel, KVCache, RMSNorm
+from llmbook.weights import config_from_hub, load_hub_weights
+
+transformers = pytest.importorskip("transformers")
+
+VOCAB, CONTEXT = 512, 96
+SHAPE = dict(  # two blocks, GQA groups of two, RoPE on 16-wide heads
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=112,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=CONTEXT,
+    initializer_range=0.2,  # wide logits: no near-ties for greedy decoding
+    bos_token_id=None,
+    eos_token_id=None,
+    pad_token_id=None,
+)
+LLAMA3_ROPE = dict(
+    rope_type="llama3",
+    factor=8.0,
+    low_freq_factor=1.0,
+    high_freq_factor=4.0,
+    original_max_position_embeddings=32,  # so that the scaling matters here
+)
+
+
+def llama(tied: bool):
+    config = transformers.LlamaConfig(
+        **SHAPE, tie_word_embeddings=tied, rms_norm_eps=1e-5, rope_theta=5000.0
+    )
+    if hasattr(config, "rope_parameters"):  # transformers 5
+        config.rope_parameters = {"rope_theta": 5000.0, **LLAMA3_ROPE}
+    else:
+        config.rope_scaling = LLAMA3_ROPE
+    return transformers.LlamaForCausalLM(config)
+
+
+def qwen3(tied: bool):
+    config = transformers.Qwen3Config(
+        **SHAPE, head_dim=32, tie_word_embeddings=tied, rope_theta=100000.0
+    )
+    return transformers.Qwen3ForCausalLM(config)
+
+
+MODELS = {
+    "llama3-untied": lambda: llama(False),
+    "llama3-tied": lambda: llama(True),
+    "qwen3-tied": lambda: qwen3(True),
+    "qwen3-untied": lambda: qwen3(False),
+}
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def pair(request, tmp_path_factory):
+    """(theirs, ours, folder): a random HF model saved as the hub saves it, and
+    GPTModel loaded from that folder."""
+    torch.manual_seed(0)
+    theirs = MODELS[request.param]().eval()
+    folder = tmp_path_factory.mktemp(request.param)
+    theirs.save_pretrained(folder)
+    ours = GPTModel(config_from_hub(folder / "config.json")).eval()
+    load_hub_weights(ours, folder)
+    return theirs, ours, folder
+
+
+def test_logits_equal_to_float32_rounding(pair):
+    theirs, ours, _ = pair
+    ids = torch.randint(
+        0, VOCAB, (3, CONTEXT), generator=torch.Generator().manual_seed(1)
+    )
+    with torch.no_grad():
+        expected = theirs(ids).logits
+        got = ours(ids)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() < 1e-5
+
+
+def test_greedy_tokens_equal_with_and_without_cache(pair):
+    theirs, ours, _ = pair
+    ids = torch.randint(0, VOCAB, (2, 9), generator=torch.Generator().manual_seed(2))
+    expected = theirs.generate(ids, max_new_tokens=50, do_sample=False)
+    assert expected.shape == (2, 59)
+    for use_cache in [True, False]:
+        got = generate(ours, ids, 50, context_size=CONTEXT, use_cache=use_cache)
+        assert torch.equal(got, expected), f"use_cache={use_cache}"
+
+
+def test_cache_holds_only_the_key_value_heads(pair):
+    _, ours, _ = pair
+    cache = KVCache(ours, batch_size=1)
+    ours(torch.tensor([[1, 2, 3]]), cache)
+    keys = cache.layers[0].keys
+    assert keys is not None
+    assert keys.shape == (1, 2, CONTEXT, ours.cfg.head_dim or 16)  # 2 of 4 heads
+
+
+def test_config_read_from_the_file(pair):
+    theirs, ours, folder = pair
+    cfg = ours.cfg
+    saved = json.loads((folder / "config.json").read_text())
+    assert (cfg.n_kv_heads, cfg.hidden_dim, cfg.tie_weights) == (
+        2,
+        112,
+        saved["tie_word_embeddings"],
+    )
+    assert cfg.qk_norm == (saved["model_type"] == "qwen3")
+    if saved["model_type"] == "llama":
+        assert cfg.rope_scaling == (8.0, 1.0, 4.0, 32)
+    counted = sum(p.numel() for p in ours.parameters())
+    assert counted == sum(p.numel() for p in theirs.parameters())
+
+
+def test_config_from_hub_reads_the_older_rope_keys():
+    older = {
+        "model_type": "llama",
+        "vocab_size": 100,
+        "max_position_embeddings": 64,
+        "hidden_size": 32,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 1,
+        "num_hidden_layers": 1,
+        "intermediate_size": 48,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+        "rope_scaling": {
+            "rope_type": "llama3",
+            **{k: v for k, v in LLAMA3_ROPE.items() if k != "rope_type"},
+        },
+        "tie_word_embeddings": True,
+    }
+    cfg = config_from_hub(older)
+    assert (cfg.rope_theta, cfg.rope_scaling, cfg.n_kv_heads) == (
+        500000.0,
+        (8.0, 1.0, 4.0, 32),
+        1,
+    )
+    with pytest.raises(ValueError, match="RoPE scaling 'yarn' is not supported"):
+        config_from_hub({**older, "rope_scaling": {"rope_type": "yarn"}})
+    with pytest.raises(ValueError, match="'mistral' model"):
+        config_from_hub({**older, "model_type": "mistral"})
+
+
+def test_load_refuses_a_checkpoint_of_another_shape(pair):
+    _, ours, folder = pair
+    other = GPTModel(
+        GPTConfig.preset("llama3-debug", vocab_size=VOCAB, context_length=CONTEXT)
+    )
+    with pytest.raises(ValueError, match="does not fit"):
+        load_hub_weights(other, folder)
+
+
+def test_rmsnorm_matches_torch():
+    torch.manual_seed(0)
+    x = torch.randn(4, 7, 24) * 3
+    ours, reference = RMSNorm(24, eps=1e-6), torch.nn.RMSNorm(24, eps=1e-6)
+    with torch.no_grad():
+        ours.scale.uniform_(0.5, 1.5)
+        reference.weight.copy_(ours.scale)
+    torch.testing.assert_close(ours(x), reference(x))
+    assert ours.bfloat16()(x.bfloat16()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2, 8])
+def test_gqa_explicit_path_equals_sdpa_with_and_without_cache(kv_heads):
+    torch.manual_seed(0)
+    gqa = GroupedQueryAttention(
+        d_in=32, context_length=16, num_heads=8, num_kv_heads=kv_heads, head_dim=8
+    ).eval()
+    x = torch.randn(2, 12, 32)
+    fast = gqa(x)
+    gqa.use_sdpa = False
+    torch.testing.assert_close(gqa(x), fast)
+    from llmbook.attention import LayerCache
+
+    for use_sdpa in [True, False]:  # 5 tokens, then 4, then 3: masks after a start
+        gqa.use_sdpa = use_sdpa
+        cache = LayerCache(batch_size=2, capacity=16)
+        parts = [gqa(x[:, a:b], cache) for a, b in [(0, 5), (5, 9), (9, 12)]]
+        torch.testing.assert_close(torch.cat(parts, dim=1), fast)
+
+
+def test_gqa_refuses_heads_that_do_not_group():
+    with pytest.raises(ValueError, match="multiple of num_kv_heads=3"):
+        GroupedQueryAttention(
+            d_in=32, context_length=8, num_heads=4, num_kv_heads=3, head_dim=8
+        )
+
+
+def test_rope_scaling_keeps_fast_pairs_and_slows_slow_ones():
+    plain = rope_frequencies(64, 500000.0)
+    scaled = rope_frequencies(64, 500000.0, (32.0, 1.0, 4.0, 8192))
+    wavelength = 2 * torch.pi / plain
+    assert torch.equal(scaled[wavelength < 2048], plain[wavelength < 2048])
+    torch.testing.assert_close(scaled[wavelength > 8192], plain[wavelength > 8192] / 32)
+    middle = (wavelength >= 2048) & (wavelength <= 8192)
+    assert middle.any()
+    assert (
+        (scaled[middle] < plain[middle]) & (scaled[middle] > plain[middle] / 32)
+    ).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(norm="batchnorm"), "norm must be one of"),
+        (dict(n_heads=4, emb_dim=32, n_kv_heads=3), "multiple of n_kv_heads=3"),
+        (dict(positions="rope", n_heads=4, emb_dim=4 * 5), "even head_dim"),
+        (dict(rope_scaling=(8.0, 4.0, 1.0, 32)), "low < high"),
+        (dict(hidden_dim=0), "hidden_dim must be a positive int"),
+    ],
+)
+def test_config_refuses_parts_that_do_not_fit(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        GPTConfig(**kwargs)
+
+
+def test_modern_config_round_trips_through_json():
+    cfg = GPTConfig.preset("llama3.2-1b")
+    back = GPTConfig(**json.loads(json.dumps(cfg.__dict__)))
+    assert back == cfg and isinstance(back.rope_scaling, tuple)
