@@ -242,6 +242,15 @@ def test_flops_per_token_counts_every_multiplying_weight_six_times():
         assert flops_per_token(model, 16) == 6 * (linear + norms) + attention
 
 
+def test_flops_per_token_of_a_rope_model_with_wide_heads():
+    cfg = GPTConfig.preset("qwen3-debug")  # 4 heads of 16 on 32-wide vectors
+    model = GPTModel(cfg)
+    lookup = model.tok_emb.weight.numel()  # no position table to leave out
+    weights = sum(p.numel() for p in model.parameters()) - lookup
+    attention = 12 * cfg.n_layers * (4 * 16) * 16
+    assert flops_per_token(model, 16) == 6 * weights + attention
+
+
 def test_accumulation_steps_below_one_are_refused():
     with pytest.raises(ValueError, match="grad_accum_steps must be positive"):
         TrainingConfig(grad_accum_steps=0)

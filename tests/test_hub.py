@@ -5,11 +5,14 @@ GPTModel through `config_from_hub` and `load_hub_weights`; the logits must agree
 float32 rounding and greedy generation token for token, with and without the cache.
 """
 
+import http.server
 import json
+import threading
 
 import pytest
 import torch
 
+from llmbook import weights
 from llmbook.attention import GroupedQueryAttention, rope_frequencies
 from llmbook.generate import generate
 from llmbook.model import GPTConfig, GPTModel, KVCache, RMSNorm
@@ -234,3 +237,77 @@ def test_modern_config_round_trips_through_json():
     cfg = GPTConfig.preset("llama3.2-1b")
     back = GPTConfig(**json.loads(json.dumps(cfg.__dict__)))
     assert back == cfg and isinstance(back.rope_scaling, tuple)
+
+
+class HubHandler(http.server.BaseHTTPRequestHandler):
+    """A stand-in for the hub: every file is b"data", and a gated repository
+    answers 401 unless the request carries the token "secret"."""
+
+    seen: list[str] = []
+
+    def reply(self, body: bool):
+        self.seen.append(self.headers.get("Authorization") or "")
+        if (
+            "gated" in self.path
+            and self.headers.get("Authorization") != "Bearer secret"
+        ):
+            self.send_response(401)
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", "4")
+        self.end_headers()
+        if body:
+            self.wfile.write(b"data")
+
+    def do_GET(self):  # noqa: N802 (the name http.server calls)
+        self.reply(body=True)
+
+    def do_HEAD(self):  # noqa: N802
+        self.reply(body=False)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HubHandler)
+    threading.Thread(target=httpd.serve_forever, args=(0.01,), daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    monkeypatch.setattr(weights, "HF_URL", base + "/{repo}/{file}")
+    monkeypatch.setitem(weights.HUB_CHECKPOINTS, "open", "someone/open")
+    monkeypatch.setitem(weights.HUB_CHECKPOINTS, "gated", "someone/gated")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    HubHandler.seen = []
+    yield
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_download_hub_fetches_the_three_files_once(hub, tmp_path, monkeypatch):
+    folder = weights.download_hub("open", cache_dir=tmp_path, progress=False)
+    assert folder == tmp_path / "open"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(weights.HUB_FILES)
+    assert weights.hub_available("open", cache_dir=tmp_path)
+    monkeypatch.setattr(weights, "download_file", lambda *a, **k: pytest.fail("again"))
+    assert weights.download_hub("open", cache_dir=tmp_path) == folder
+
+
+def test_a_gated_model_needs_a_token(hub, tmp_path, monkeypatch):
+    with pytest.raises(PermissionError, match="gated.*set HF_TOKEN"):
+        weights.download_hub("gated", cache_dir=tmp_path, progress=False)
+    monkeypatch.setenv("HF_TOKEN", "secret")
+    folder = weights.download_hub("gated", cache_dir=tmp_path, progress=False)
+    assert (folder / "model.safetensors").read_bytes() == b"data"
+    assert "Bearer secret" in HubHandler.seen
+
+
+def test_download_hub_explains_what_to_do_offline(tmp_path, monkeypatch):
+    monkeypatch.setattr(weights, "HF_URL", "http://127.0.0.1:9/{repo}/{file}")
+    with pytest.raises(OSError, match="put config.json, tokenizer.json") as err:
+        weights.download_hub("qwen3-0.6b", cache_dir=tmp_path, progress=False)
+    assert str(tmp_path / "qwen3-0.6b") in str(err.value)
+    assert not weights.hub_available("qwen3-0.6b", cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown model 'llama5'"):
+        weights.download_hub("llama5", cache_dir=tmp_path)

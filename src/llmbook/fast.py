@@ -16,7 +16,8 @@ from llmbook.model import GPTModel
 def flops_per_token(model: GPTModel, context_length: int) -> int:
     """Floating-point operations to train on one token (forward and backward):
     6 per weight that multiplies (all but the embedding lookups) plus the attention
-    scores and their weighted sum, 12 * layers * emb_dim * context_length."""
+    scores and their weighted sum, 12 * layers * emb_dim * context_length (the
+    width of the queries, n_heads * head_dim, where it differs: chapter 10)."""
     cfg = model.cfg
     lookups = {id(model.tok_emb.weight)}
     if model.pos_emb is not None:  # learned positions; RoPE's are computed
@@ -24,7 +25,9 @@ def flops_per_token(model: GPTModel, context_length: int) -> int:
     weights = sum(p.numel() for p in model.parameters() if id(p) not in lookups)
     if model.out_head.weight is model.tok_emb.weight:  # tied: the head multiplies
         weights += model.out_head.weight.numel()
-    return 6 * weights + 12 * cfg.n_layers * cfg.emb_dim * context_length
+    # the queries' width: emb_dim, unless the heads are wider (Qwen 3, chapter 10)
+    width = cfg.n_heads * (cfg.head_dim or cfg.emb_dim // cfg.n_heads)
+    return 6 * weights + 12 * cfg.n_layers * width * context_length
 
 
 def configure_optimizer(
