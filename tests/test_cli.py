@@ -115,6 +115,7 @@ def test_every_command_explains_itself_with_defaults_and_an_example(capsys):
         ["generate"],
         ["finetune", "classify"],
         ["finetune", "instruct"],
+        ["finetune", "prefer"],
         ["classify"],
         ["evaluate"],
     ]:
@@ -592,6 +593,69 @@ class Judge(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+
+def test_preference_tuning_leaves_out_pairs_without_a_preference(tmp_path, run):
+    name = "instruction-data-with-preference.json"
+    entries = [  # short ones: a prompt and its longer answer fit the context of 256
+        e
+        for e in json.loads(data_file(name).read_text("utf-8"))
+        if len(e["instruction"] + e["input"] + max(e["chosen"], e["rejected"], key=len))
+        < 150
+    ][:40]
+    entries[3]["rejected"] = entries[3]["chosen"]  # no preference
+    data = tmp_path / "pairs.json"
+    data.write_text(json.dumps(entries))
+    out = tmp_path / "polite"
+    options = ["--batch-size", 4, "--lr", 1e-3, "--eval-freq", 4, "--device", "cpu"]
+    done = command(
+        "finetune",
+        "prefer",
+        "--data",
+        data,
+        "--checkpoint",
+        run,
+        "--out",
+        out,
+        *options,
+        "--quiet",
+        check=0,
+    )
+    assert "left out 1 pair(s) whose two answers are the same" in done.stdout
+    assert re.search(
+        r"ranks first: 50% before, \d+% after \(chance: 50%\)", done.stdout
+    )
+    assert json.loads((out / "run.json").read_text())["kind"] == "preference"
+    command(
+        "generate",
+        "--checkpoint",
+        out,
+        "--prompt",
+        "Hi",
+        "--max-new-tokens",
+        3,
+        "--device",
+        "cpu",
+        check=0,
+    )
+    entries[5] = {**entries[5], "chosen": ""}
+    data.write_text(json.dumps(entries))
+    failed = command(
+        "finetune",
+        "prefer",
+        "--data",
+        data,
+        "--checkpoint",
+        run,
+        "--out",
+        tmp_path / "other",
+        *options,
+        check=1,
+    )
+    assert failed.stderr.strip().splitlines() == [
+        f"error: {data}: entry 5: its 'chosen' is empty"
+    ]
+    assert not (tmp_path / "other" / "model.safetensors").exists()
 
 
 def test_finetune_on_instructions_then_evaluate_with_a_judge(tmp_path, run):

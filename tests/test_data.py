@@ -38,6 +38,7 @@ def test_registry_declares_the_books_files():
         "the-verdict.txt",
         "SMSSpamCollection",
         "instruction-data.json",
+        "instruction-data-with-preference.json",
     }
     for source in DATA_SOURCES.values():
         assert source.url.startswith("https://")

@@ -69,6 +69,19 @@ STAND_INS: dict[str, list[tuple[str, list[tuple[str, str]]]]] = {
     ],
     # the weights come from the `tiny_qwen3` fixture, through download_hub
     "10-modern-llm.md": [('folder = download_hub("qwen3-0.6b")', [])],
+    "11-preference-tuning.md": [
+        (
+            'folder = download_gpt2("gpt2-medium")',
+            [
+                *ON_CPU,
+                (
+                    "train, val, test, left_out = load_preference_splits()",
+                    "train, val, test, left_out = load_preference_splits()\n"
+                    "train, val, test = train[:16], val[:8], test[:8]",
+                ),
+            ],
+        ),
+    ],
     "appendix-a-pytorch.md": [('device = torch.device("cuda")', ON_CPU)],
     "appendix-c-making-it-fast.md": [
         (

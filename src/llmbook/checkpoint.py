@@ -334,6 +334,7 @@ RUN_KINDS = {  # a run folder's kind, and how messages name it
     "pretraining": "a pretraining run",
     "classifier": "a classifier",
     "instruction": "an instruction model",
+    "preference": "a preference-tuned model",  # chapter 11
 }
 
 

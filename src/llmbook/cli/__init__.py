@@ -26,6 +26,7 @@ from llmbook.cli.common import (
 from llmbook.cli.finetune import add_classify, add_finetune_classify
 from llmbook.cli.generate import add_generate
 from llmbook.cli.instruct import add_evaluate, add_finetune_instruct
+from llmbook.cli.prefer import add_finetune_prefer
 from llmbook.cli.pretrain import add_pretrain
 
 
@@ -72,12 +73,13 @@ def build_parser() -> Parser:
     finetune = add_command(
         commands,
         "finetune",
-        "finetune a model: as a classifier, or to follow instructions",
+        "finetune a model: as a classifier, to follow instructions, or to prefer",
         "llmbook finetune classify --help",
     )
     kinds = finetune.add_subparsers(title="kinds", metavar="KIND")
     add_finetune_classify(kinds)
     add_finetune_instruct(kinds)
+    add_finetune_prefer(kinds)
     add_classify(commands)
     add_evaluate(commands)
     return parser
