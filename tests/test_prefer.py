@@ -166,6 +166,8 @@ def test_a_tiny_dpo_run_learns_the_preference_and_generalises():
     pairs = preference_loader(held_out, tokenizer, 8, **options)
     before = evaluate_preferences(model, reference, pairs)
     assert (before.accuracy, before.margin) == (0.5, 0.0)  # the policy is its reference
+    assert DPOLoss(reference).reference is reference  # frozen: used as it is
+    assert DPOLoss(model).reference is not model  # it trains: copied and frozen
     inputs, targets = next(iter(loaders[0]))
     first = DPOLoss(reference)(inputs, targets, model, "cpu")
     assert first.item() == pytest.approx(math.log(2), abs=1e-6)

@@ -182,12 +182,15 @@ def frozen_copy(model: M) -> M:
 
 class DPOLoss:
     """`train_model`'s loss_fn for DPO: batches from preference_collate (chosen
-    rows, then rejected rows), scored against a frozen copy of the reference."""
+    rows, then rejected rows), scored against a frozen reference (a model that
+    still trains is copied and frozen first)."""
 
     def __init__(self, reference: GPTModel, beta: float = 0.1):
         if not 0 < beta < float("inf"):  # refused now, not at the first step
             raise ValueError(f"beta must be positive, got {beta}")
-        self.reference, self.beta = frozen_copy(reference), beta
+        if any(p.requires_grad for p in reference.parameters()):
+            reference = frozen_copy(reference)  # a model that trains: as it is now
+        self.reference, self.beta = reference.eval(), beta
         self.vocab_size = reference.cfg.vocab_size
 
     def __call__(self, input_batch, target_batch, model, device) -> torch.Tensor:
