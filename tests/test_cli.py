@@ -621,7 +621,7 @@ def test_preference_tuning_leaves_out_pairs_without_a_preference(tmp_path, run):
         "--quiet",
         check=0,
     )
-    assert "left out 1 pair(s) whose two answers are the same" in done.stdout
+    assert "left out 1 pair(s) whose two answers are the same (entry 3)" in done.stdout
     assert re.search(
         r"ranks first: 50% before, \d+% after \(chance: 50%\)", done.stdout
     )
@@ -656,6 +656,25 @@ def test_preference_tuning_leaves_out_pairs_without_a_preference(tmp_path, run):
         f"error: {data}: entry 5: its 'chosen' is empty"
     ]
     assert not (tmp_path / "other" / "model.safetensors").exists()
+    entries[5] = {**entries[5], "chosen": "Yes. " * 200}  # more than the context
+    data.write_text(json.dumps(entries))
+    failed = command(
+        "finetune",
+        "prefer",
+        "--data",
+        data,
+        "--checkpoint",
+        run,
+        "--out",
+        tmp_path / "other",
+        *options,
+        check=1,
+    )
+    assert re.fullmatch(
+        r"error: .*: entry 5 has \d+ tokens with its chosen answer, more than the 256 "
+        r"the model reads; shorten it or leave it out\n",
+        failed.stderr,
+    )
 
 
 def test_finetune_on_instructions_then_evaluate_with_a_judge(tmp_path, run):

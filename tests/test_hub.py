@@ -168,6 +168,41 @@ def test_load_refuses_a_checkpoint_of_another_shape(pair):
         load_hub_weights(other, folder)
 
 
+def test_sharded_checkpoints_load_and_unknown_weights_are_named(tmp_path):
+    torch.manual_seed(0)
+    theirs = llama(False).eval()
+    theirs.save_pretrained(tmp_path, max_shard_size="100KB")  # several files
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    ours = GPTModel(config_from_hub(tmp_path / "config.json")).eval()
+    load_hub_weights(ours, tmp_path)
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), theirs(ids).logits, rtol=0, atol=1e-5)
+    state = dict(theirs.state_dict())
+    state["model.layers.0.mlp.extra.weight"] = torch.zeros(2)
+    with pytest.raises(ValueError, match="not in the model: model.layers.0.mlp.extra"):
+        load_hub_weights(ours, state)
+
+
+def test_hub_tokenizer_reads_a_tokenizer_json(tmp_path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from llmbook.tokenizer import HubTokenizer
+
+    made = Tokenizer(models.BPE())
+    made.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    made.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=280, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    made.train_from_iterator(["the cat sat on the mat"] * 5, trainer)
+    made.save(str(tmp_path / "tokenizer.json"))
+    tokenizer = HubTokenizer(tmp_path / "tokenizer.json")
+    ids = tokenizer.encode("the cat, ünïcode")
+    assert tokenizer.decode(ids) == "the cat, ünïcode"
+    assert len(ids) < len("the cat, ünïcode".encode()) and tokenizer.vocab_size <= 280
+
+
 def test_rmsnorm_matches_torch():
     torch.manual_seed(0)
     x = torch.randn(4, 7, 24) * 3

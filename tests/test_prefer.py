@@ -124,10 +124,11 @@ def test_bad_preference_entries_are_named(entries, message):
 def test_pairs_without_a_preference_are_counted_not_kept(tmp_path):
     entries = [entry(0), entry(1, chosen="Same.", rejected="Same."), entry(2)]
     kept, left_out = check_preferences(entries)
-    assert [e["instruction"] for e in kept] == ["Task 0.", "Task 2."] and left_out == 1
+    assert [e["instruction"] for e in kept] == ["Task 0.", "Task 2."]
+    assert left_out == [1]  # its place in the file
     path = tmp_path / "pairs.json"
     path.write_text(json.dumps(entries))
-    assert read_preferences(path) == (kept, 1)
+    assert read_preferences(path) == (kept, [1])
     path.write_text("[{]")
     with pytest.raises(ValueError, match="pairs.json: not JSON"):
         read_preferences(path)

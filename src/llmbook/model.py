@@ -89,7 +89,8 @@ class GPTConfig:
         """The fields of chapter 10: parts that exist, and head counts that fit."""
         for name, allowed in self.CHOICES.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}")
+                got = getattr(self, name)
+                raise ValueError(f"{name} must be one of {allowed}, got {got!r}")
         for name in ["n_kv_heads", "head_dim", "hidden_dim"]:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):

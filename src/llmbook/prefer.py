@@ -30,14 +30,14 @@ from llmbook.tokenizer import gpt2_tokenizer
 PREFERENCE_FILE = "instruction-data-with-preference.json"
 
 
-def check_preferences(entries) -> tuple[list[dict], int]:
-    """The entries that carry a preference, and how many were left out because
-    their `chosen` and `rejected` texts are the same. A ValueError names the
-    first entry without an instruction or with a missing, empty or non-text
-    answer."""
+def check_preferences(entries) -> tuple[list[dict], list[int]]:
+    """The entries that carry a preference, and the places in `entries` of those
+    left out because their `chosen` and `rejected` texts are the same. A
+    ValueError names the first entry without an instruction or with a missing,
+    empty or non-text answer."""
     if not isinstance(entries, list) or not entries:
         raise ValueError("expected a non-empty JSON list of preference entries")
-    kept = []
+    kept, left_out = [], []
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise ValueError(f"entry {i} is a {type(entry).__name__}, not an object")
@@ -54,13 +54,15 @@ def check_preferences(entries) -> tuple[list[dict], int]:
             raise ValueError(f"entry {i}: its 'input' is not text")
         if entry["chosen"] != entry["rejected"]:
             kept.append(entry)
-    return kept, len(entries) - len(kept)
+        else:
+            left_out.append(i)
+    return kept, left_out
 
 
-def read_preferences(path: str | os.PathLike) -> tuple[list[dict], int]:
+def read_preferences(path: str | os.PathLike) -> tuple[list[dict], list[int]]:
     """The entries of a preference file of your own, checked: those that carry a
-    preference, and how many were left out (check_preferences). Every error
-    starts with the file's name."""
+    preference, and the places of those left out (check_preferences). Every
+    error starts with the file's name."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
@@ -83,7 +85,7 @@ def load_preference_splits(path=None, train_frac=0.85, test_frac=0.05):
     (929, 111, 54, 6)
     """
     kept, left_out = read_preferences(data_file(PREFERENCE_FILE, path))
-    return (*split_entries(kept, train_frac, test_frac), left_out)
+    return (*split_entries(kept, train_frac, test_frac), len(left_out))
 
 
 class PreferenceDataset(Dataset):

@@ -196,10 +196,3 @@ class HubTokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
-
-    def token_id(self, token: str) -> int:
-        """The id of a token such as "<|end_of_text|>"; a KeyError if there is none."""
-        found = self.tokenizer.token_to_id(token)
-        if found is None:
-            raise KeyError(f"the vocabulary has no token {token!r}")
-        return found

@@ -347,8 +347,10 @@ HUB_NAMES = {
 def read_hub_state_dict(source) -> dict:
     """The tensors of `source`; a folder may hold them in several numbered files,
     listed in model.safetensors.index.json."""
+    if isinstance(source, dict):
+        return dict(source)
     index = Path(source) / "model.safetensors.index.json"
-    if isinstance(source, dict) or not index.is_file():
+    if not index.is_file():
         return read_state_dict(source)
     weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
     files = sorted(set(weight_map.values()))

@@ -66,16 +66,21 @@ def add_finetune_instruct(kinds) -> None:
     p.set_defaults(run=finetune_instruct)
 
 
-def check_lengths(entries: list[dict], tokenizer, context: int, data) -> None:
-    """Refuse, before any training, an entry longer than the model reads: its
-    answer would be cut, or, with a long prompt, not trained on at all."""
-    for i, entry in enumerate(entries):
-        text = format_input(entry) + format_response(entry)
+def check_lengths(
+    entries: list[dict], tokenizer, context: int, data, key="output", places=None
+) -> None:
+    """Refuse, before any training, an entry longer than the model reads with
+    its answer `key`: the answer would be cut, or, with a long prompt, not
+    trained on at all. `places` are the entries' places in the file, where
+    some were left out (default: their places in `entries`)."""
+    answer = "answer" if key == "output" else f"{key} answer"
+    for place, entry in zip(places or range(len(entries)), entries, strict=True):
+        text = format_input(entry) + format_response({"output": entry[key]})
         size = len(encode_text(tokenizer, text)) + 1  # and its <|endoftext|>
         if size > context:
             raise CommandError(
-                f"{data}: entry {i} has {size} tokens with its answer, more than the "
-                f"{context} the model reads; shorten it or leave it out"
+                f"{data}: entry {place} has {size} tokens with its {answer}, more than "
+                f"the {context} the model reads; shorten it or leave it out"
             )
 
 

@@ -16,9 +16,9 @@ from llmbook.cli.finetune import (
     finetune,
     finetune_inputs,
 )
+from llmbook.cli.instruct import check_lengths
 from llmbook.cli.runs import claim_out, finish_training, keep_tokenizer, load_base_model
-from llmbook.data import encode_text
-from llmbook.instruct import format_input, format_response, split_entries
+from llmbook.instruct import split_entries
 from llmbook.prefer import (
     DPOLoss,
     create_preference_loaders,
@@ -48,21 +48,6 @@ def add_finetune_prefer(kinds) -> None:
     p.set_defaults(run=finetune_prefer)
 
 
-def check_pair_lengths(entries: list[dict], tokenizer, context: int, data) -> None:
-    """Refuse, before any training, a pair with an answer the model cannot read
-    whole after its prompt."""
-    for i, entry in enumerate(entries):
-        for key in ("chosen", "rejected"):
-            text = format_input(entry) + format_response({"output": entry[key]})
-            size = len(encode_text(tokenizer, text)) + 1  # and its <|endoftext|>
-            if size > context:
-                raise CommandError(
-                    f"{data}: entry {i} has {size} tokens with its {key} answer, "
-                    f"more than the {context} the model reads; shorten it or "
-                    "leave it out"
-                )
-
-
 def finetune_prefer(args) -> None:
     with claim_out(args, "preference") as run:  # refused here, not after training
         tune_preferences(args, run, *finetune_inputs(args, run, PREFER))
@@ -72,7 +57,13 @@ def tune_preferences(args, run, settings: dict, inputs: dict) -> None:
     out, data = args.out, inputs["data"]
     entries, left_out = read_preferences(data)
     if left_out:
-        print(f"{data}: left out {left_out} pair(s) whose two answers are the same")
+        where = ", ".join(map(str, left_out[:10])) + (", ..." if left_out[10:] else "")
+        print(
+            f"{data}: left out {len(left_out)} pair(s) whose two answers are the "
+            f"same (entry {where})"
+        )
+    skipped = set(left_out)
+    places = [i for i in range(len(entries) + len(skipped)) if i not in skipped]
     train, val, test = split_entries(entries, 0.85, 0.05)
     if len(train) < settings["batch_size"] or not val:
         raise CommandError(
@@ -81,7 +72,8 @@ def tune_preferences(args, run, settings: dict, inputs: dict) -> None:
         )
     device = pick_device(args.device)
     model, tokenizer, spec = load_base_model(Namespace(**inputs["base"]), device)
-    check_pair_lengths(entries, tokenizer, model.cfg.context_length, data)
+    for key in ("chosen", "rejected"):  # chapter 9's check, for each answer
+        check_lengths(entries, tokenizer, model.cfg.context_length, data, key, places)
     keep = keep_tokenizer(spec, out)  # the run's own copy of its tokenizer
     run.save_manifest(settings=settings, inputs=inputs, tokenizer=keep)
     options = dict(
