@@ -171,9 +171,11 @@ def config_from_hf(config: dict | str | os.PathLike):
         emb_dim=config["n_embd"],
         n_heads=config["n_head"],
         n_layers=config["n_layer"],
+        hidden_dim=config.get("n_inner"),  # None in OpenAI's: 4 * n_embd
+        norm_eps=config.get("layer_norm_epsilon", 1e-5),
         drop_rate=0.0,
         qkv_bias=True,
-        tie_weights=True,
+        tie_weights=config.get("tie_word_embeddings", True),  # as OpenAI's are
     )
 
 

@@ -2,7 +2,8 @@
 #   docs/using-the-library.md
 # Do not edit it: edit those chapters, then run `python tools/tangle.py`.
 
-"""`llmbook` on the command line: pretrain, generate, finetune, classify, evaluate.
+"""`llmbook` on the command line: pretrain, generate, finetune, classify, evaluate,
+chat, serve, export.
 
 Every command is a thin layer over the modules the chapters build. A mistake of
 the user's ends in one line on stderr: exit code 2 for a command line that cannot
@@ -13,6 +14,7 @@ import contextlib
 import os
 import sys
 
+from llmbook.cli.chat import add_chat
 from llmbook.cli.common import (
     FAILURES,
     CommandError,
@@ -28,6 +30,7 @@ from llmbook.cli.generate import add_generate
 from llmbook.cli.instruct import add_evaluate, add_finetune_instruct
 from llmbook.cli.prefer import add_finetune_prefer
 from llmbook.cli.pretrain import add_pretrain
+from llmbook.cli.serve import add_export, add_serve
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,4 +85,7 @@ def build_parser() -> Parser:
     add_finetune_prefer(kinds)
     add_classify(commands)
     add_evaluate(commands)
+    add_chat(commands)
+    add_serve(commands)
+    add_export(commands)
     return parser

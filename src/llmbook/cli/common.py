@@ -127,7 +127,7 @@ def path_option(text: str) -> Path:
 
 
 def add_model_options(parser: Parser, required: bool = True) -> None:
-    """--checkpoint DIR | --gpt2 SIZE: the model a command starts from."""
+    """--checkpoint DIR | --gpt2 SIZE | --hf DIR: the model a command starts from."""
     source = parser.add_mutually_exclusive_group(required=required)
     source.add_argument(
         "--checkpoint",
@@ -140,6 +140,12 @@ def add_model_options(parser: Parser, required: bool = True) -> None:
         metavar="SIZE",
         choices=list(GPT2_CHECKPOINTS),
         help="OpenAI's GPT-2, downloaded once: " + ", ".join(GPT2_CHECKPOINTS),
+    )
+    source.add_argument(
+        "--hf",
+        type=path_option,
+        metavar="DIR",
+        help="a Hugging Face folder (GPT-2, Llama, Qwen 3), e.g. from llmbook export",
     )
 
 

@@ -144,10 +144,12 @@ def finetune_inputs(args, run, defaults: dict) -> tuple[dict, dict]:
         what = "a folder, not a file" if data.is_dir() else "no such file"
         raise CommandError(f"--data {data}: {what}")
     base = {"checkpoint": args.checkpoint, "gpt2": args.gpt2}
-    if base == {"checkpoint": None, "gpt2": None}:
+    if args.hf is not None:  # recorded only when given, as runs before --hf were
+        base["hf"] = str(args.hf.resolve())
+    elif args.checkpoint is None and args.gpt2 is None:
         base = before.get("base") or {}
     if not any(base.values()):
-        raise UsageError("give the model to start from: --checkpoint or --gpt2")
+        raise UsageError("give the model to start from: --checkpoint, --gpt2 or --hf")
     if base.get("checkpoint"):
         base["checkpoint"] = str(Path(base["checkpoint"]).resolve())
     inputs = {"data": str(data.resolve()), "sha256": file_sha256(data), "base": base}

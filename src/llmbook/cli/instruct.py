@@ -163,7 +163,7 @@ def add_evaluate(commands) -> None:
 
 
 def evaluate_command(args) -> None:
-    model_given = args.checkpoint is not None or args.gpt2 is not None
+    model_given = any(x is not None for x in (args.checkpoint, args.gpt2, args.hf))
     if args.responses is not None and (model_given or args.data is not None):
         raise UsageError("give --responses alone, or a model with --data, not both")
     if args.responses is None and not (model_given and args.data is not None):

@@ -25,8 +25,14 @@ from llmbook.cli.common import CommandError, UsageError, load_tokenizer, vocabul
 from llmbook.distributed import print0
 from llmbook.files import atomic_write
 from llmbook.model import GPTModel
-from llmbook.tokenizer import gpt2_tokenizer
-from llmbook.weights import config_from_hf, download_gpt2, load_gpt2_weights
+from llmbook.tokenizer import HubTokenizer, gpt2_tokenizer
+from llmbook.weights import (
+    config_from_hf,
+    config_from_hub,
+    download_gpt2,
+    load_gpt2_weights,
+    load_hub_weights,
+)
 
 RUN_FILE = "run.json"  # a run's manifest: its kind, settings and data
 
@@ -144,6 +150,8 @@ def load_base_model(args, device) -> tuple[GPTModel, Any, str]:
         model = GPTModel(config_from_hf(folder / "config.json"))
         load_gpt2_weights(model, folder)
         return model.to(device), gpt2_tokenizer(), "gpt2"
+    if getattr(args, "hf", None) is not None:
+        return load_hf_folder(Path(args.hf), device)
     weights, folder = model_file(args.checkpoint)
     try:
         model, metadata = load_model_file(weights, device)  # one reading of the file
@@ -161,6 +169,22 @@ def load_base_model(args, device) -> tuple[GPTModel, Any, str]:
     if spec != "gpt2":
         spec = str((folder / spec) if (folder / spec).is_file() else Path(spec))
     return model, tokenizer, spec
+
+
+def load_hf_folder(folder: Path, device) -> tuple[GPTModel, Any, str]:
+    """The model of a Hugging Face folder, with the tokenizer of its
+    tokenizer.json (GPT-2's where it has none)."""
+    if not (folder / "config.json").is_file():
+        raise CommandError(f"--hf {folder}: no config.json there")
+    model = GPTModel(config_from_hub(folder / "config.json"))
+    load_hub_weights(model, folder)
+    if not (folder / "tokenizer.json").is_file():
+        return model.to(device), gpt2_tokenizer(), "gpt2"
+    try:
+        tokenizer = HubTokenizer(folder / "tokenizer.json")
+    except ImportError as error:
+        raise CommandError(f"{error}: pip install tokenizers") from None
+    return model.to(device), tokenizer, str(folder / "tokenizer.json")
 
 
 def keep_tokenizer(spec: str, out: Path) -> str:
