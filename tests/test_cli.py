@@ -165,14 +165,19 @@ def test_pretraining_writes_model_checkpoints_settings_and_a_loss_plot(run):
         "checkpoints",
         "history.json",
         "losses.svg",
+        "metrics.jsonl",  # a line per evaluation, as it is made
         "model.safetensors",
         "run.json",
         "tokenizer.json",
     ]
     assert (run / "losses.svg").read_text().startswith("<?xml")
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    assert [line["step"] for line in lines] == [3, 6]
+    assert all(line["tokens_per_s"] > 0 for line in lines)
     assert (run / "checkpoints" / "latest").read_text() == "step-00000006"
     history = json.loads((run / "history.json").read_text())
     assert history["steps"] == [3, 6] and history["train_losses"][1] < 6.0
+    assert [line["val_loss"] for line in lines] == history["val_losses"]
     settings = json.loads((run / "run.json").read_text())
     assert settings["kind"] == "pretraining" and settings["finished_step"] == 6
     assert settings["tokenizer"] == "tokenizer.json"
@@ -211,6 +216,10 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path, v
     assert all(torch.equal(whole[k], cut[k]) for k in whole)
     history = json.loads((tmp_path / "cut" / "history.json").read_text())
     assert history["steps"] == [2, 4, 6, 8]  # the run's whole history
+    # step 4 was measured before the stop and again after: its line is there once
+    metrics = [json.loads(line) for line in (tmp_path / "cut" / "metrics.jsonl").open()]
+    assert [line["step"] for line in metrics] == [2, 4, 6, 8]
+    assert [line["val_loss"] for line in metrics] == history["val_losses"]
 
 
 # `llmbook`, in a process of its own, that presses Ctrl-C itself (sends itself SIGINT)
@@ -376,6 +385,16 @@ def test_a_bug_shows_its_traceback_and_a_setup_problem_one_line(monkeypatch, cap
     assert capsys.readouterr().err == "error: the torchrun environment is half set\n"
 
 
+def test_a_step_folder_is_a_model_with_its_runs_tokenizer(run, capsys):
+    step = run / "checkpoints" / "step-00000006"
+    greedy = ["--prompt", "I had", "--temperature", 0, "--device", "cpu"]
+    from_step = command("generate", "--checkpoint", step, *greedy, check=0)
+    assert from_step.stdout == command("generate", "--checkpoint", run, *greedy).stdout
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("llmbook 0.")
+
+
 def test_generate_prints_what_the_library_generates(run):
     sampling = ["--max-new-tokens", 12, "--temperature", 1.5, "--top-k", 20]
     asked = ["generate", "--checkpoint", run, "--prompt", "I had", *sampling]
@@ -488,6 +507,11 @@ def test_finetune_a_classifier_then_label_texts(tmp_path, run):
     assert [row[2] for row in rows] == texts
     assert {row[0] for row in rows} <= {"ham", "spam"}
     assert all(0.5 <= float(row[1]) <= 1.0 for row in rows)
+    with pytest.MonkeyPatch.context() as patch:  # `-`: a text a line of stdin
+        piped_in = ("\n".join(texts) + "\n\n").encode()
+        patch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(piped_in)))
+        piped = command("classify", "--checkpoint", tmp_path / "spam", "-", check=0)
+    assert piped.stdout == labelled.stdout
     # A classifier is not a text generator: the command says what to use.
     wrong = command("generate", "--checkpoint", tmp_path / "spam", "--prompt", "Hi")
     assert wrong.returncode == 1 and "llmbook classify" in wrong.stderr

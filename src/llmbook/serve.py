@@ -43,11 +43,11 @@ class Sampling(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     model: str
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=1)  # not OpenAI's, but vLLM's and Ollama's
-    n: int = Field(1, ge=1, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=1)  # vLLM's and Ollama's, not OpenAI's
+    n: int = Field(default=1, ge=1, le=1)
     stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool = False
@@ -65,7 +65,7 @@ class Message(BaseModel):
 
 class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)  # max_tokens' new name
+    max_completion_tokens: int | None = Field(default=None, ge=1)  # max_tokens, renamed
 
 
 def message_text(message: Message) -> str:

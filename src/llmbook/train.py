@@ -9,6 +9,7 @@ import json
 import math
 import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ from llmbook.distributed import (
     wrap_model,
 )
 from llmbook.fast import compile_model
-from llmbook.files import save_json
+from llmbook.files import append_json_line, keep_json_lines, save_json
 from llmbook.losses import calc_loss_batch, calc_loss_loader
 from llmbook.model import eval_mode
 from llmbook.schedule import LearningRateSchedule, schedule_for
@@ -55,6 +56,7 @@ class TrainingConfig:
     max_steps: int | None = None  # stop after this many steps in total
     pause_at: int | None = None  # end this call at this step; resume=True goes on
     progress: bool = True  # show a progress bar
+    metrics_file: str | Path | None = None  # a JSON line per evaluation: tail -f
     # Speed (appendix C); none of them changes what is computed, up to rounding.
     grad_accum_steps: int = 1  # batches whose gradients add up to one step
     bf16: bool = False  # compute the loss under bfloat16 autocast
@@ -202,6 +204,7 @@ class _Run:
     diverged: torch.Tensor = field(  # the first step whose loss was not finite
         default_factory=lambda: torch.zeros((), dtype=torch.long)  # 0: none yet
     )
+    clock: tuple[float, int] = (0.0, 0)  # when training last resumed, and tokens then
 
     def begin_step(self, optimizer, batches_per_epoch: int) -> None:
         """Clear the gradients and count the batches this step takes: the
@@ -286,7 +289,11 @@ def _start_run(config, model, optimizer, train_loader, resume: bool) -> _Run:
     history, at, saved = _starting_point(config, model, optimizer, train_loader, resume)
     total = _last_step(config, at, len(train_loader))
     schedule = schedule_for(config, optimizer, total, saved)  # appendix D
-    return _Run(config, at, history, total, schedule, _own_rng_states(saved))
+    run = _Run(config, at, history, total, schedule, _own_rng_states(saved))
+    run.clock = (time.perf_counter(), at.tokens_seen)
+    if config.metrics_file is not None and is_main_process():  # what comes again
+        keep_json_lines(config.metrics_file, lambda line: line["step"] <= at.step)
+    return run
 
 
 def _starting_point(config, model, optimizer, train_loader, resume: bool):
@@ -401,6 +408,7 @@ def _take_step(run: _Run, model, optimizer) -> None:
 def _evaluate_run(run: _Run, model, optimizer, loaders, device, loss_fn):
     """Both losses, averaged over the processes (appendix A) and recorded in the
     history with the last step's learning rate and gradient norm."""
+    start = time.perf_counter()
     check_finite(run.diverged, run.config.checkpoint_dir)
     train_loader, val_loader = loaders
     eval_iter = run.config.eval_iter
@@ -409,6 +417,14 @@ def _evaluate_run(run: _Run, model, optimizer, loaders, device, loss_fn):
     lr = optimizer.param_groups[0]["lr"]
     norm = None if run.grad_norm is None else float(run.grad_norm)
     run.history.record(run.at.step, run.at.tokens_seen, train_loss, val_loss, lr, norm)
+    if run.config.metrics_file is not None and is_main_process():
+        since, tokens = run.clock  # the evaluation's own time is not training's
+        speed = (run.at.tokens_seen - tokens) / (start - since)
+        line = {"step": run.at.step, "tokens": run.at.tokens_seen, "lr": lr}
+        line |= {"train_loss": train_loss, "val_loss": val_loss, "grad_norm": norm}
+        line |= {"tokens_per_s": speed, "time": time.time()}
+        append_json_line(run.config.metrics_file, line)
+    run.clock = (time.perf_counter(), run.at.tokens_seen)
     return train_loss, val_loss
 
 

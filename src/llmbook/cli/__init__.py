@@ -14,6 +14,7 @@ import contextlib
 import os
 import sys
 
+from llmbook import __version__
 from llmbook.cli.chat import add_chat
 from llmbook.cli.common import (
     FAILURES,
@@ -69,6 +70,7 @@ def build_parser() -> Parser:
         epilog="`llmbook COMMAND --help` shows a command's options and an example.",
         formatter_class=HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"llmbook {__version__}")
     parser.set_defaults(run=needs_command(parser))
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     add_pretrain(commands)

@@ -42,6 +42,7 @@ from llmbook.cli.common import (
     number,
     path_option,
     pick_device,
+    read_stdin,
 )
 from llmbook.cli.runs import (
     RUN_FILE,
@@ -174,6 +175,7 @@ def finetune(args, run, kind, settings, model, loaders, device, loss_fn=None):
         checkpoint_dir=args.out / "checkpoints",
         checkpoint_every=settings["checkpoint_every"],
         progress=not args.quiet,
+        metrics_file=args.out / "metrics.jsonl",  # a line per evaluation: tail -f
         run_id=run.manifest.get("id"),  # checkpoints of no other run
     )
     try:
@@ -280,7 +282,12 @@ def add_classify(commands) -> None:
         "label texts with a classifier from llmbook finetune classify",
         'llmbook classify --checkpoint spam "You won a prize! Call now"',
     )
-    p.add_argument("text", nargs="+", metavar="TEXT", help="texts to label")
+    p.add_argument(
+        "text",
+        nargs="+",
+        metavar="TEXT",
+        help="texts to label; - reads a text a line from standard input",
+    )
     p.add_argument(
         "--checkpoint",
         type=path_option,
@@ -307,7 +314,11 @@ def classify_command(args) -> None:
     model = load_classifier(weights, pick_device(args.device))
     tokenizer = load_tokenizer(settings["tokenizer"], folder)
     limit = settings["max_length"]
-    for text in args.text:
+    texts = []
+    for text in args.text:  # `-`: each line of standard input, a text
+        lines = read_stdin().splitlines() if text == "-" else [text]
+        texts += [line for line in lines if line.strip()]
+    for text in texts:
         size = len(tokenizer.encode(text, disallowed_special=()))
         if size > limit and not args.truncate:
             raise CommandError(

@@ -188,6 +188,7 @@ def train_run(args, run: RunFolder, settings, text, names, saved) -> None:
             checkpoint_dir=out / "checkpoints",
             checkpoint_every=settings["checkpoint_every"],
             progress=not args.quiet,
+            metrics_file=out / "metrics.jsonl",  # a line per evaluation: tail -f
             compile=args.compile,
             warmup_steps=settings["warmup_steps"],
             cosine_decay=settings["cosine"],

@@ -127,7 +127,7 @@ def model_file(checkpoint: str) -> tuple[Path, Path]:
         raise CommandError(f"--checkpoint {checkpoint}: no such file or folder")
     for name in ["model.safetensors", "classifier.safetensors"]:
         if (path / name).is_file():
-            return path / name, path
+            return model_file(str(path / name))  # a step folder's run is 2 up
     latest = latest_checkpoint(path / "checkpoints")
     if latest is not None:
         return latest / "model.safetensors", path
