@@ -392,9 +392,14 @@ def ask_judge(
         moved = response.getheader("Location")
         raise SetupError(f"the judge at {url} redirects to {moved}: give that address")
     if response.status >= 400:
+        try:  # why: {"error": {"message": ...}} (OpenAI's servers) or {"error": ...}
+            error = json.loads(body)["error"]
+            why = f": {error['message'] if isinstance(error, dict) else error}"
+        except (ValueError, KeyError, TypeError):
+            why = ""
         raise SetupError(
             f"the judge at {url} answered {response.status} {response.reason} for "
-            f"model {model!r}"
+            f"model {model!r}{why}"
         )
     try:
         answer = read_answer(json.loads(body.decode("utf-8")))

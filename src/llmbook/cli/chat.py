@@ -7,19 +7,16 @@
 import contextlib
 import sys
 
-import torch
-
 from llmbook.chat import NEXT_TURN, Answer, fit_conversation, stream_answer
 from llmbook.cli.common import (
     COUNT,
-    SEED,
-    CommandError,
     add_command,
     add_device_option,
     add_model_options,
-    end_of_text,
-    number,
+    add_sampling_options,
+    end_of_text_or_none,
     pick_device,
+    seeded,
 )
 from llmbook.cli.runs import load_base_model
 from llmbook.instruct import PREAMBLE
@@ -40,17 +37,8 @@ def add_chat(commands) -> None:
         default=256,
         help="the longest answer (less where the context ends first)",
     )
-    p.add_argument(
-        "--temperature",
-        type=number(float, 0.0),
-        default=0.0,
-        help="0: always the likeliest token, as chapter 9 scored the answers",
-    )
-    p.add_argument(
-        "--top-k", type=COUNT, default=40, help="sample from the k likeliest"
-    )
+    add_sampling_options(p, 0.0, ", as chapter 9 scored the answers")
     p.add_argument("--system", default=PREAMBLE, help="the text that opens the prompt")
-    p.add_argument("--seed", type=SEED, help="for the same answers again")
     add_device_option(p)
     p.set_defaults(run=chat_command)
 
@@ -61,13 +49,7 @@ HELP = "/reset forgets the conversation, /quit (or Ctrl-D) ends, Ctrl-C stops an
 def chat_command(args) -> None:
     device = pick_device(args.device)
     model, tokenizer, _ = load_base_model(args, device)
-    try:
-        eos_id = end_of_text(tokenizer)
-    except CommandError:
-        eos_id = None
-    generator = None
-    if args.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(args.seed)
+    eos_id, generator = end_of_text_or_none(tokenizer), seeded(args, device)
     context = model.cfg.context_length
     room = min(args.max_new_tokens, context // 2)  # what the history must leave
     interactive = sys.stdin.isatty()

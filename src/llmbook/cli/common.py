@@ -242,3 +242,35 @@ def end_of_text(tokenizer) -> int:
     if len(ids) != 1:
         raise CommandError("the tokenizer has no <|endoftext|> token")
     return ids[0]
+
+
+def end_of_text_or_none(tokenizer) -> int | None:
+    """<|endoftext|>'s id, where generating stops; None for a tokenizer without
+    it (generating then stops at its length)."""
+    try:
+        return end_of_text(tokenizer)
+    except CommandError:
+        return None
+
+
+def add_sampling_options(parser: Parser, temperature: float, why: str = "") -> None:
+    """--temperature, --top-k and --seed: how each next token is picked."""
+    parser.add_argument(
+        "--temperature",
+        type=number(float, 0.0),
+        default=temperature,
+        help="0: always the likeliest token" + why,
+    )
+    parser.add_argument(
+        "--top-k", type=COUNT, default=40, help="sample from the k likeliest"
+    )
+    parser.add_argument(
+        "--seed", type=SEED, help="for the same text again (default: random)"
+    )
+
+
+def seeded(args, device) -> torch.Generator | None:
+    """The random numbers that --seed asks for; None: fresh ones each time."""
+    if args.seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(args.seed)

@@ -9,16 +9,15 @@ import sys
 import torch
 
 from llmbook.cli.common import (
-    COUNT,
-    SEED,
-    CommandError,
     UsageError,
     add_command,
     add_device_option,
     add_model_options,
-    end_of_text,
+    add_sampling_options,
+    end_of_text_or_none,
     number,
     pick_device,
+    seeded,
 )
 from llmbook.cli.runs import load_base_model
 from llmbook.data import encode_text
@@ -35,18 +34,7 @@ def add_generate(commands) -> None:
     add_model_options(p)
     p.add_argument("--prompt", required=True, help="the text to continue")
     p.add_argument("--max-new-tokens", type=number(int, 0), default=50)
-    p.add_argument(
-        "--temperature",
-        type=number(float, 0.0),
-        default=0.8,
-        help="0: always the likeliest token",
-    )
-    p.add_argument(
-        "--top-k", type=COUNT, default=40, help="sample from the k likeliest"
-    )
-    p.add_argument(
-        "--seed", type=SEED, help="for the same text again (default: random)"
-    )
+    add_sampling_options(p, temperature=0.8)
     add_device_option(p)
     p.set_defaults(run=generate_command)
 
@@ -86,13 +74,8 @@ def generate_command(args) -> None:
     ids = encode_text(tokenizer, args.prompt)
     if not ids:
         raise UsageError("--prompt is empty: give the model some text to continue")
-    try:
-        eos_id = end_of_text(tokenizer)
-    except CommandError:
-        eos_id = None
-    generator = None
-    if args.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(args.seed)
+    eos_id = end_of_text_or_none(tokenizer)
+    generator = seeded(args, device)
     model.eval()
     printer = TokenPrinter(tokenizer, eos_id)
     sys.stdout.write(args.prompt)

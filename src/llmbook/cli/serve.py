@@ -15,7 +15,7 @@ from llmbook.cli.common import (
     add_command,
     add_device_option,
     add_model_options,
-    end_of_text,
+    end_of_text_or_none,
     number,
     path_option,
     pick_device,
@@ -70,10 +70,7 @@ def serve_command(args) -> None:
         ) from None
     device = pick_device(args.device)
     model, tokenizer, _ = load_base_model(args, device)
-    try:
-        eos_id = end_of_text(tokenizer)
-    except CommandError:
-        eos_id = None
+    eos_id = end_of_text_or_none(tokenizer)
     name = args.name or model_name(args)
     app = create_app(model, tokenizer, name, eos_id, args.max_waiting)
 
