@@ -492,7 +492,12 @@ def test_finetune_a_classifier_then_label_texts(tmp_path, run):
     assert "test accuracy" in result.stdout
     assert re.search(r"^80 texts of 2 classes: ham \d+, spam \d+$", result.stdout, re.M)
     accuracy = json.loads((tmp_path / "spam" / "accuracy.json").read_text())
-    assert set(accuracy) == {"training", "validation", "test"}
+    assert set(accuracy) == {"training", "validation", "test", "majority_baseline"}
+    assert "the yardstick: always answering 'ham'" in result.stdout
+    header = (
+        r"^\d+ training, \d+ validation and \d+ test texts, each read as \d+ tokens$"
+    )
+    assert re.search(header, result.stdout, re.M)
     texts = ["WINNER! Claim your free prize now", "See you at the station at six"]
     labelled = command(
         "classify",
@@ -746,6 +751,94 @@ def test_finetune_on_instructions_then_evaluate_with_a_judge(tmp_path, run):
     assert "mean 70.0 of 100" in result.stdout
     scored = json.loads((tmp_path / "scored.json").read_text())
     assert [entry["judge_score"] for entry in scored] == [70, 70]
+
+
+def test_lora_gradient_accumulation_and_bf16_reach_the_finetune(tmp_path, run):
+    entries = json.loads(data_file("instruction-data.json").read_text("utf-8"))
+    (tmp_path / "tasks.json").write_text(json.dumps(entries[:40]), encoding="utf-8")
+    result = command(
+        "finetune", "instruct", "--data", tmp_path / "tasks.json", "--checkpoint",
+        run, "--out", tmp_path / "lora", "--lora", 2, "--grad-accum", 2, "--bf16",
+        "--max-steps", 2, "--eval-freq", 1, "--max-new-tokens", 300, "--device",
+        "cpu", "--quiet",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    # the test prompts leave less of the context of 256 than 300 tokens
+    assert re.search(
+        r"test answers stop at \d+ \(--max-new-tokens 300\)", result.stdout
+    )
+    settings = json.loads((tmp_path / "lora" / "run.json").read_text())["settings"]
+    assert (settings["lora"], settings["grad_accum"], settings["bf16"]) == (2, 2, True)
+    assert settings["max_steps"] == 2
+    base = tensors(run / "model.safetensors")
+    tuned = tensors(tmp_path / "lora" / "model.safetensors")  # merged: plain names
+    assert tuned.keys() == base.keys()
+    assert torch.equal(tuned["tok_emb.weight"], base["tok_emb.weight"])  # frozen
+    block = "trf_blocks.0.att.W_query.weight"
+    assert not torch.equal(tuned[block], base[block])  # moved by LoRA's update
+    lines = (tmp_path / "lora" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2]
+    # 12 entries leave none for a test part (5%): said, not silent
+    tiny = json.dumps(entries[:12])
+    (tmp_path / "tiny.json").write_text(tiny, encoding="utf-8")
+    small = command(
+        "finetune", "instruct", "--data", tmp_path / "tiny.json", "--checkpoint", run,
+        "--out", tmp_path / "small", "--batch-size", 2, "--max-steps", 1,
+        "--device", "cpu", "--quiet",
+    )  # fmt: skip
+    assert small.returncode == 0, small.stderr
+    assert "too small to leave entries for a test part" in small.stdout
+
+
+def test_a_toml_config_gives_options_and_the_command_line_wins(tmp_path, verdict):
+    (tmp_path / "run.toml").write_text(
+        f'text = ["{verdict}"]\npreset = "debug"\ntokenizer = "bpe:300"\n'
+        'batch_size = 4\nmax_steps = 2\nlr = 0.5\nquiet = true\ndevice = "cpu"\n'
+        "cosine = true\n",
+        encoding="utf-8",
+    )
+    config = ["--config", tmp_path / "run.toml"]
+    command("pretrain", "--out", tmp_path / "run", *config, "--lr", 1e-3, check=0)
+    settings = json.loads((tmp_path / "run" / "run.json").read_text())["settings"]
+    assert (settings["preset"], settings["batch_size"], settings["lr"]) == (
+        "debug", 4, 1e-3,
+    )  # fmt: skip
+    assert settings["cosine"] is True and settings["max_steps"] == 2
+    (tmp_path / "model.toml").write_text(
+        "[model]\nemb_dim = 16\nn_heads = 2\nn_layers = 1\n", encoding="utf-8"
+    )
+    small = [verdict, *TINY[2:], "--max-steps", 1]  # TINY without its preset
+    done = command("pretrain", "--out", tmp_path / "m", "--config",
+                   tmp_path / "model.toml", *small, check=0)  # fmt: skip
+    assert (
+        json.loads((tmp_path / "m" / "run.json").read_text())["model"]["emb_dim"] == 16
+    )
+    assert done.stdout.startswith("training a ")
+    for line, message in [
+        ("lr = -1", "lr: must be > 0.0, got -1"),
+        ("learning_rate = 1", "'learning_rate' is no option of the command"),
+        ("cosine = 1", "cosine must be true or false"),
+        ('preset = "gpt5"', "preset must be one of"),
+        ("lr = ", "--config"),  # not TOML at all
+    ]:
+        (tmp_path / "bad.toml").write_text(line + "\n", encoding="utf-8")
+        bad = command("pretrain", verdict, "--out", tmp_path / "bad", "--config",
+                      tmp_path / "bad.toml")  # fmt: skip
+        assert bad.returncode == 1 and message in bad.stderr, bad.stderr
+        assert not (tmp_path / "bad").exists()
+
+
+def test_without_a_preset_a_cpu_gets_a_model_sized_for_it():
+    from llmbook.cli import build_parser
+    from llmbook.cli.settings import pretrain_settings
+
+    parser = build_parser()
+    on = {"cpu": "mini", "cuda": "gpt2-small"}
+    for device, preset in on.items():
+        args = parser.parse_args(["pretrain", "x", "--out", "y", "--device", device])
+        assert pretrain_settings(args, None)["preset"] == preset
+    given = parser.parse_args(["pretrain", "x", "--out", "y", "--preset", "debug"])
+    assert pretrain_settings(given, None)["preset"] == "debug"
 
 
 def test_two_processes_on_one_out_exactly_one_runs(tmp_path, verdict):

@@ -57,6 +57,29 @@ def test_top_k_never_draws_outside_the_k_best():
     assert len(out[:, 1].unique()) > 3  # a flat distribution without top-k
 
 
+def test_top_p_keeps_the_likeliest_tokens_that_make_up_p():
+    class Skewed(torch.nn.Module):  # next token: 0 (p=0.5), 1 (0.3), 2 (0.2), else ~0
+        def forward(self, idx):
+            probas = torch.tensor([0.5, 0.3, 0.2] + [1e-9] * (VOCAB - 3))
+            return probas.log().expand(*idx.shape, VOCAB)
+
+    generator = torch.Generator().manual_seed(0)
+    idx = torch.zeros(2000, 1, dtype=torch.long)
+
+    def drawn(top_p):
+        out = generate(Skewed(), idx, 1, 8, temperature=1.0, top_p=top_p,
+                       generator=generator)  # fmt: skip
+        return torch.bincount(out[:, 1], minlength=VOCAB)
+
+    assert drawn(0.4).tolist() == [2000] + [0] * (VOCAB - 1)  # 0 alone reaches 0.4
+    two = drawn(0.7)  # 0 and 1 make up 0.8 >= 0.7; 2 goes
+    assert two[2:].sum() == 0 and 1150 < two[0] < 1350  # 0.5 / 0.8 of 2000 = 1250
+    assert drawn(0.95)[2] > 0 and drawn(0.95)[3:].sum() == 0
+    greedy = generate(Skewed(), idx[:3], 4, 8)
+    assert torch.equal(generate(Skewed(), idx[:3], 4, 8, temperature=3.0,
+                                top_p=1e-6), greedy)  # fmt: skip
+
+
 def test_stops_at_end_of_sequence_and_pads_finished_rows():
     idx = torch.tensor([[2], [5]])
     out = generate(Counter(), idx, max_new_tokens=10, context_size=8, eos_id=6)
@@ -73,6 +96,8 @@ def test_stops_at_end_of_sequence_and_pads_finished_rows():
         (dict(top_k=0), "top_k must be between 1 and 10, got 0"),
         (dict(top_k=11, temperature=1.0), "top_k must be between 1 and 10, got 11"),
         (dict(max_new_tokens=-1), "max_new_tokens must be >= 0"),
+        (dict(top_p=0.0, temperature=1.0), r"top_p must be in \(0, 1\]"),
+        (dict(top_p=1.5, temperature=1.0), r"top_p must be in \(0, 1\]"),
     ],
 )
 def test_invalid_parameters_are_clear_errors(kwargs, message):

@@ -180,6 +180,8 @@ def test_presets_and_overrides():
         "gpt2-medium",
         "gpt2-large",
         "gpt2-xl",
+        "micro",
+        "mini",
         "debug",
     }
     assert GPTConfig.preset("gpt2-xl", context_length=256).context_length == 256

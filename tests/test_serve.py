@@ -185,7 +185,7 @@ def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(server):
         ({"model": "story"}, 400, "prompt"),
         ({"model": "story", "prompt": "Hi", "max_tokens": 0}, 400, "max_tokens"),
         ({"model": "story", "prompt": "Hi", "n": 2}, 400, "n"),
-        ({"model": "story", "prompt": "Hi", "top_p": 0.5}, 400, "top_p"),
+        ({"model": "story", "prompt": "Hi", "top_p": 1.5}, 400, "top_p"),
         ({"model": "story", "prompt": ""}, 400, "prompt"),
         ({"model": "story", "prompt": ["a", "b"]}, 400, "prompt"),
     ]

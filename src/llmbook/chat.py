@@ -129,6 +129,7 @@ def stream_answer(
     *,
     temperature: float = 0.0,
     top_k: int | None = None,
+    top_p: float | None = None,
     eos_id: int | None = None,
     stop: Sequence[str] = (),
     generator: torch.Generator | None = None,
@@ -160,6 +161,7 @@ def stream_answer(
                     eos_id=eos_id,
                     generator=generator,
                     on_token=hand_over,
+                    top_p=top_p,
                 )
             tokens.put(None)  # done
         except _Cancelled:

@@ -5,6 +5,7 @@
 """The fast path of training (appendix C): the FLOPs behind MFU, AdamW that decays
 only the matrices, and torch.compile with a fallback."""
 
+import time
 import typing
 import warnings
 
@@ -28,6 +29,22 @@ def flops_per_token(model: GPTModel, context_length: int) -> int:
     # the queries' width: emb_dim, unless the heads are wider (Qwen 3, chapter 10)
     width = cfg.n_heads * (cfg.head_dim or cfg.emb_dim // cfg.n_heads)
     return 6 * weights + 12 * cfg.n_layers * width * context_length
+
+
+def matmul_flops(device="cpu", size: int = 1024, seconds: float = 0.2) -> float:
+    """Floating-point operations a second that `device` reaches multiplying two
+    float32 `size` x `size` matrices, timed for about `seconds`: an upper bound on
+    how fast a model trains there."""
+    a = b = torch.full((size, size), 0.5, device=device)  # no random numbers used
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else None
+    a @ b  # the first product pays for setting up; it is not timed
+    products, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds or products == 0:
+        a @ b
+        products += 1
+        if sync is not None:
+            sync()
+    return 2 * size**3 * products / elapsed
 
 
 def configure_optimizer(

@@ -74,13 +74,16 @@ def generate(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     on_token: Callable[[torch.Tensor], object] | None = None,
+    top_p: float | None = None,
 ) -> torch.Tensor:
     """Extend each row of `idx` (B, T) by up to `max_new_tokens` tokens.
 
     temperature 0 picks the most likely token (greedy); above 0 the token is
     sampled from softmax(logits / temperature), from the `top_k` most likely
-    tokens only if `top_k` is given. Generation stops once every row has
-    produced `eos_id` (which is kept); finished rows are padded with `eos_id`.
+    tokens only if `top_k` is given, and from the fewest likeliest tokens whose
+    probabilities add up to `top_p` if that is given (below 1). Generation stops
+    once every row has produced `eos_id` (which is kept); finished rows are padded
+    with `eos_id`.
     With `use_cache`, a GPTModel reads each token once, keeping its keys and
     values in a KVCache; the tokens are the same as without (appendix C).
     `on_token`, if given, is called with each new column of ids (B, 1) as soon
@@ -88,6 +91,8 @@ def generate(
     """
     if not 0 <= temperature < float("inf"):  # also refuses NaN
         raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     check_prompt(idx, max_new_tokens, context_size, model)
     finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
     nonfinite = torch.zeros((), dtype=torch.bool, device=idx.device)
@@ -117,6 +122,10 @@ def generate(
             # overflowing to inf; softmax does not change under the shift.
             shifted = logits - logits.max(dim=-1, keepdim=True).values
             probas = torch.softmax(shifted / temperature, dim=-1)
+            if top_p is not None and top_p < 1:  # drop what lies after top_p's mass
+                ranked, order = probas.sort(dim=-1, descending=True)
+                after = ranked.cumsum(dim=-1) - ranked >= top_p  # (B, vocab_size)
+                probas = probas.scatter(-1, order, ranked.masked_fill(after, 0.0))
             next_id = torch.multinomial(probas, 1, generator=generator)  # (B, 1)
         if eos_id is not None:
             next_id = next_id.masked_fill(finished.unsqueeze(1), eos_id)

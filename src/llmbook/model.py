@@ -138,6 +138,9 @@ PRESETS = {
     "gpt2-medium": GPTConfig(emb_dim=1024, n_heads=16, n_layers=24),  # 406M untied
     "gpt2-large": GPTConfig(emb_dim=1280, n_heads=20, n_layers=36),  # 838M untied
     "gpt2-xl": GPTConfig(emb_dim=1600, n_heads=25, n_layers=48),  # 1638M untied
+    # Smaller ones, for a CPU: minutes a run, not days.
+    "micro": GPTConfig(context_length=256, emb_dim=128, n_heads=4, n_layers=4),
+    "mini": GPTConfig(context_length=256, emb_dim=256, n_heads=4, n_layers=6),
     "debug": GPTConfig(context_length=64, emb_dim=32, n_heads=2, n_layers=2),
 }
 

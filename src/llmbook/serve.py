@@ -146,8 +146,6 @@ class ModelServer:
                 "model",
                 "model_not_found",
             )
-        if request.top_p < 1:
-            raise APIError(400, "top_p below 1 is not supported; use top_k", "top_p")
 
     def budget(self, ids: list[int], max_tokens: int | None, param: str) -> int:
         """The tokens the answer may have: `max_tokens`, or the rest of the
@@ -244,7 +242,7 @@ class ModelServer:
         if request.seed is not None:
             device = next(self.model.parameters()).device
             generator = torch.Generator(device).manual_seed(request.seed)
-        top_k = request.top_k
+        top_k = request.top_k and min(request.top_k, self.model.cfg.vocab_size)
         try:
             with self.turn:
                 yield from stream_answer(
@@ -254,9 +252,8 @@ class ModelServer:
                     max_tokens,
                     answer,
                     temperature=request.temperature,
-                    top_k=None
-                    if top_k is None
-                    else min(top_k, self.model.cfg.vocab_size),
+                    top_k=top_k,
+                    top_p=request.top_p,
                     eos_id=self.eos_id,
                     stop=stop,
                     generator=generator,

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -263,8 +264,16 @@ def train_model(
             _take_step(run, model, optimizer)
             bar.update(1)
             if at.step % config.eval_freq == 0:
-                losses = _evaluate_run(run, model, optimizer, loaders, device, loss_fn)
-                bar.set_postfix(train=f"{losses[0]:.3f}", val=f"{losses[1]:.3f}")
+                train, val, speed = _evaluate_run(
+                    run, model, optimizer, loaders, device, loss_fn
+                )
+                bar.set_postfix(train=f"{train:.3f}", val=f"{val:.3f}")
+                if report:  # a line that stays on the screen, above the bar
+                    bar.write(
+                        f"step {at.step}: training loss {train:.3f}, validation loss "
+                        f"{val:.3f}, {speed:,.0f} tokens/s",
+                        file=sys.stderr,
+                    )
             paused = at.step == config.pause_at  # a checkpoint to go on from
             every = config.checkpoint_every
             if paused or (every and at.step % every == 0):
@@ -407,7 +416,8 @@ def _take_step(run: _Run, model, optimizer) -> None:
 
 def _evaluate_run(run: _Run, model, optimizer, loaders, device, loss_fn):
     """Both losses, averaged over the processes (appendix A) and recorded in the
-    history with the last step's learning rate and gradient norm."""
+    history with the last step's learning rate and gradient norm, and the tokens
+    a second trained since the last evaluation."""
     start = time.perf_counter()
     check_finite(run.diverged, run.config.checkpoint_dir)
     train_loader, val_loader = loaders
@@ -417,15 +427,15 @@ def _evaluate_run(run: _Run, model, optimizer, loaders, device, loss_fn):
     lr = optimizer.param_groups[0]["lr"]
     norm = None if run.grad_norm is None else float(run.grad_norm)
     run.history.record(run.at.step, run.at.tokens_seen, train_loss, val_loss, lr, norm)
+    since, tokens = run.clock  # the evaluation's own time is not training's
+    speed = (run.at.tokens_seen - tokens) / (start - since)
     if run.config.metrics_file is not None and is_main_process():
-        since, tokens = run.clock  # the evaluation's own time is not training's
-        speed = (run.at.tokens_seen - tokens) / (start - since)
         line = {"step": run.at.step, "tokens": run.at.tokens_seen, "lr": lr}
         line |= {"train_loss": train_loss, "val_loss": val_loss, "grad_norm": norm}
         line |= {"tokens_per_s": speed, "time": time.time()}
         append_json_line(run.config.metrics_file, line)
     run.clock = (time.perf_counter(), run.at.tokens_seen)
-    return train_loss, val_loss
+    return train_loss, val_loss, speed
 
 
 def _first_bad_step(diverged: torch.Tensor, loss: torch.Tensor, step: int):

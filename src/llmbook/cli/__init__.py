@@ -11,34 +11,31 @@ work, 1 for a failure (a missing file, an empty text, a model that does not fit)
 """
 
 import contextlib
+import importlib
 import os
 import sys
 
 from llmbook import __version__
-from llmbook.cli.chat import add_chat
 from llmbook.cli.common import (
+    COMMANDS,
     FAILURES,
     CommandError,
     HelpFormatter,
     Parser,
     UsageError,
     add_command,
+    as_options,
     needs_command,
     one_line,
 )
-from llmbook.cli.finetune import add_classify, add_finetune_classify
-from llmbook.cli.generate import add_generate
-from llmbook.cli.instruct import add_evaluate, add_finetune_instruct
-from llmbook.cli.prefer import add_finetune_prefer
-from llmbook.cli.pretrain import add_pretrain
-from llmbook.cli.serve import add_export, add_serve
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command and return its exit code: 0 done, 1 failed, 2 bad usage,
     130 interrupted. LLMBOOK_DEBUG=1 shows the traceback of a failure instead."""
     try:
-        args = build_parser().parse_args(argv)
+        argv = sys.argv[1:] if argv is None else argv
+        args = build_parser(argv).parse_args(argv)
         args.run(args)
         return 0
     except UsageError as error:
@@ -54,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CommandError, *FAILURES) as error:
         if os.environ.get("LLMBOOK_DEBUG"):
             raise
-        print(f"error: {one_line(error)}", file=sys.stderr)
+        print(f"error: {as_options(one_line(error), argv or [])}", file=sys.stderr)
         return 1
 
 
@@ -63,7 +60,23 @@ def run() -> None:
     sys.exit(main())
 
 
-def build_parser() -> Parser:
+# The function that adds each command's options: its module, read only when the
+# command runs (or shows its --help).
+BUILDERS = {
+    "pretrain": "pretrain:add_pretrain",
+    "generate": "generate:add_generate",
+    "classify": "finetune:add_classify",
+    "evaluate": "instruct:add_evaluate",
+    "chat": "chat:add_chat",
+    "serve": "serve:add_serve",
+    "export": "serve:add_export",
+}
+
+
+def build_parser(argv: list[str] | None = None) -> Parser:
+    """The parser of the command line `argv`. Every command is listed, but only
+    the one that `argv` runs is built (all of them when `argv` is None), so that
+    `llmbook --help` answers at once instead of loading PyTorch first."""
     parser = Parser(
         prog="llmbook",
         description="Train, finetune and sample the GPT that the book builds.",
@@ -73,21 +86,27 @@ def build_parser() -> Parser:
     parser.add_argument("--version", action="version", version=f"llmbook {__version__}")
     parser.set_defaults(run=needs_command(parser))
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    add_pretrain(commands)
-    add_generate(commands)
-    finetune = add_command(
-        commands,
-        "finetune",
-        "finetune a model: as a classifier, to follow instructions, or to prefer",
-        "llmbook finetune classify --help",
-    )
+    words = [word for word in argv or [] if not word.startswith("-")]
+    for name in COMMANDS:
+        if argv is not None and words[:1] != [name]:
+            add_command(commands, name, example=None)  # listed, not built
+        elif name == "finetune":
+            add_finetune(commands)
+        else:
+            module, function = BUILDERS[name].split(":")
+            add = getattr(importlib.import_module(f"llmbook.cli.{module}"), function)
+            add(commands)
+    return parser
+
+
+def add_finetune(commands) -> None:
+    """`llmbook finetune KIND`: the kinds of chapters 8, 9 and 11."""
+    from llmbook.cli.finetune import add_finetune_classify
+    from llmbook.cli.instruct import add_finetune_instruct
+    from llmbook.cli.prefer import add_finetune_prefer
+
+    finetune = add_command(commands, "finetune", "llmbook finetune classify --help")
     kinds = finetune.add_subparsers(title="kinds", metavar="KIND")
     add_finetune_classify(kinds)
     add_finetune_instruct(kinds)
     add_finetune_prefer(kinds)
-    add_classify(commands)
-    add_evaluate(commands)
-    add_chat(commands)
-    add_serve(commands)
-    add_export(commands)
-    return parser

@@ -26,19 +26,24 @@ def add_chat(commands) -> None:
     p = add_command(
         commands,
         "chat",
-        "talk with an instruction model (chapter 9's prompts), answers streamed",
         "llmbook chat --checkpoint chat-run\n"
         "  llmbook chat --checkpoint chat-run < questions.txt   # a line, an answer",
     )
     add_model_options(p)
     p.add_argument(
         "--max-new-tokens",
+        metavar="N",
         type=COUNT,
         default=256,
         help="the longest answer (less where the context ends first)",
     )
     add_sampling_options(p, 0.0, ", as chapter 9 scored the answers")
-    p.add_argument("--system", default=PREAMBLE, help="the text that opens the prompt")
+    p.add_argument(
+        "--system",
+        metavar="TEXT",
+        default=PREAMBLE,
+        help="the text that opens the prompt",
+    )
     add_device_option(p)
     p.set_defaults(run=chat_command)
 
@@ -99,6 +104,7 @@ def chat_command(args) -> None:
                 answer,
                 temperature=args.temperature,
                 top_k=min(args.top_k, model.cfg.vocab_size),
+                top_p=args.top_p,
                 eos_id=eos_id,
                 stop=[NEXT_TURN],
                 generator=generator,

@@ -12,13 +12,7 @@ import re
 import sys
 from pathlib import Path
 
-import torch
-
-from llmbook.bpe import BPETokenizer
-from llmbook.data import encode_text
 from llmbook.files import SetupError
-from llmbook.tokenizer import gpt2_tokenizer
-from llmbook.weights import GPT2_CHECKPOINTS
 
 
 class UsageError(Exception):
@@ -50,6 +44,19 @@ def one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
+def as_options(message: str, argv: list[str]) -> str:
+    """`message`, from the library, with each of its parameters that the command
+    line gave as an option named as that option: `trainable_blocks must be...`
+    reads `--trainable-blocks must be...` (names of one word, such as `lr`,
+    are left alone: they are also words of English)."""
+    for word in argv:
+        option = word.split("=")[0]
+        if option.startswith("--") and "-" in option[2:]:
+            name = option[2:].replace("-", "_")
+            message = re.sub(rf"(?<![\w-]){name}\b", option, message)
+    return message
+
+
 class Parser(argparse.ArgumentParser):
     """An argument parser whose complaints are one line, with exit code 2."""
 
@@ -79,12 +86,30 @@ def needs_command(parser: Parser):
     return run
 
 
-def add_command(commands, name: str, summary: str, example: str) -> Parser:
+# What each command does, for `llmbook --help`, which lists them all without
+# reading the modules that build them (those import PyTorch, which takes seconds).
+COMMANDS = {
+    "pretrain": "pretrain a GPT on text files; --resume continues a stopped run",
+    "generate": "continue a prompt with a trained model, each token as it comes",
+    "finetune": "finetune a model: to classify, to follow instructions, or to prefer",
+    "classify": "label texts with a classifier from llmbook finetune classify",
+    "evaluate": "score an instruction model's answers: ROUGE-L, and a judge if given",
+    "chat": "talk with an instruction model (chapter 9's prompts), answers streamed",
+    "serve": "answer OpenAI API requests (completions, chat) over HTTP",
+    "export": "write a model as a folder that Hugging Face transformers loads",
+}
+
+
+def add_command(
+    commands, name: str, example: str | None, summary: str | None = None
+) -> Parser:
+    """A subcommand: `summary` (by default COMMANDS') and an `example` for --help."""
+    summary = summary or COMMANDS[name]
     parser = commands.add_parser(
         name,
         help=summary,
         description=summary,
-        epilog=f"example:\n  {example}",
+        epilog=f"example:\n  {example}" if example else None,
         formatter_class=HelpFormatter,
     )
     parser.set_defaults(run=needs_command(parser))
@@ -128,6 +153,8 @@ def path_option(text: str) -> Path:
 
 def add_model_options(parser: Parser, required: bool = True) -> None:
     """--checkpoint DIR | --gpt2 SIZE | --hf DIR: the model a command starts from."""
+    from llmbook.weights import GPT2_CHECKPOINTS  # PyTorch: only when it is needed
+
     source = parser.add_mutually_exclusive_group(required=required)
     source.add_argument(
         "--checkpoint",
@@ -158,7 +185,10 @@ def add_device_option(parser: Parser) -> None:
     )
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str):
+    """The torch.device that --device names."""
+    import torch
+
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: this machine has no CUDA GPU (try auto)")
     if name == "auto":
@@ -216,6 +246,9 @@ def read_texts(sources: list[str]) -> list[tuple[str, str]]:
 def load_tokenizer(spec: str, folder: Path | None = None):
     """`gpt2` (tiktoken's), or a file written by `BPETokenizer.save`; a relative
     path is looked up in `folder` (a run's folder) first."""
+    from llmbook.bpe import BPETokenizer
+    from llmbook.tokenizer import gpt2_tokenizer
+
     if spec == "gpt2":
         return gpt2_tokenizer()
     path = Path(spec)
@@ -238,6 +271,8 @@ def vocabulary_size(tokenizer) -> int:
 
 def end_of_text(tokenizer) -> int:
     """The id of <|endoftext|>, which ends texts and pads batches."""
+    from llmbook.data import encode_text
+
     ids = encode_text(tokenizer, "<|endoftext|>")
     if len(ids) != 1:
         raise CommandError("the tokenizer has no <|endoftext|> token")
@@ -257,20 +292,49 @@ def add_sampling_options(parser: Parser, temperature: float, why: str = "") -> N
     """--temperature, --top-k and --seed: how each next token is picked."""
     parser.add_argument(
         "--temperature",
+        metavar="X",
         type=number(float, 0.0),
         default=temperature,
         help="0: always the likeliest token" + why,
     )
     parser.add_argument(
-        "--top-k", type=COUNT, default=40, help="sample from the k likeliest"
+        "--top-k",
+        metavar="K",
+        type=COUNT,
+        default=40,
+        help="sample from the k likeliest",
+    )
+    parser.add_argument(
+        "--top-p",
+        type=SHARE,
+        metavar="P",
+        help="sample from the likeliest tokens that make up P of the probability",
     )
     parser.add_argument(
         "--seed", type=SEED, help="for the same text again (default: random)"
     )
 
 
-def seeded(args, device) -> torch.Generator | None:
-    """The random numbers that --seed asks for; None: fresh ones each time."""
+def add_speed_options(parser: Parser, shown: dict) -> None:
+    """--grad-accum and --bf16 (appendix C), settings of a training run."""
+    shown["grad_accum"] = parser.add_argument(
+        "--grad-accum",
+        type=COUNT,
+        metavar="N",
+        help="batches whose gradients add up to one step (a batch N times larger)",
+    )
+    shown["bf16"] = parser.add_argument(
+        "--bf16",
+        action="store_true",
+        default=None,
+        help="compute in bfloat16 where that is safe: faster on recent GPUs",
+    )
+
+
+def seeded(args, device):
+    """The torch.Generator that --seed asks for; None: fresh numbers each time."""
+    import torch
+
     if args.seed is None:
         return None
     return torch.Generator(device=device).manual_seed(args.seed)

@@ -37,6 +37,7 @@ from llmbook.cli.common import (
     add_command,
     add_device_option,
     add_model_options,
+    add_speed_options,
     end_of_text,
     load_tokenizer,
     number,
@@ -57,13 +58,17 @@ from llmbook.cli.runs import (
 from llmbook.fast import configure_optimizer
 from llmbook.files import file_sha256, save_json
 from llmbook.labelled import read_labelled_texts
+from llmbook.lora import merge_lora, replace_linear_with_lora
 from llmbook.train import TrainingConfig, train_model
 
 # The settings of a finetuning run, with the values their options' None stands for
 # (so that --resume can tell an option given from one left out); each kind adds its
 # own, and its number of epochs.
-FINETUNE = {"batch_size": 8, "lr": 5e-5, "eval_freq": 50, "seed": 123}
-FINETUNE |= {"checkpoint_every": 50}
+FINETUNE: dict[str, object] = {"batch_size": 8, "lr": 5e-5, "eval_freq": 50}
+FINETUNE |= {"seed": 123}
+FINETUNE |= {"checkpoint_every": 50, "max_steps": None}
+FINETUNE |= {"grad_accum": 1, "bf16": False}  # appendix C
+FINETUNE |= {"lora": None}  # appendix E's rank, or None: every weight trains
 CLASSIFY = FINETUNE | {"epochs": 5, "trainable_blocks": 1, "max_length": None}
 CLASSIFY |= {"balance": False}
 
@@ -72,19 +77,20 @@ def add_finetune_classify(kinds) -> None:
     p = add_command(
         kinds,
         "classify",
-        "finetune a model into a classifier of labelled texts (chapter 8)",
         "llmbook finetune classify --data sms.tsv --checkpoint run --out spam",
+        summary="finetune a model into a classifier of labelled texts (chapter 8)",
     )
     shown = add_finetune_options(
         p, "a .tsv (label TAB text per line) or .csv (columns text and label)"
     )
     shown["trainable_blocks"] = p.add_argument(
         "--trainable-blocks",
+        metavar="N",
         type=number(int, 0),
         help="last transformer blocks trained besides the new head",
     )
     shown["max_length"] = p.add_argument(
-        "--max-length", type=COUNT, help="tokens a text (default: longest)"
+        "--max-length", metavar="N", type=COUNT, help="tokens a text (default: longest)"
     )
     shown["balance"] = p.add_argument(
         "--balance", action="store_true", default=None, help="as many texts per label"
@@ -104,20 +110,30 @@ def add_finetune_options(p: Parser, data: str) -> dict:
     )
     shown = {}
     shown["epochs"] = p.add_argument(
-        "--epochs", type=COUNT, help="passes over the data"
+        "--epochs", type=COUNT, metavar="N", help="passes over the data"
     )
+    p.add_argument("--max-steps", type=COUNT, metavar="N", help="stop after N steps")
     shown["batch_size"] = p.add_argument(
-        "--batch-size", type=COUNT, help="examples a step"
+        "--batch-size", type=COUNT, metavar="N", help="examples a step"
     )
-    shown["lr"] = p.add_argument("--lr", type=RATE, help="AdamW's learning rate")
+    shown["lr"] = p.add_argument(
+        "--lr", type=RATE, metavar="X", help="AdamW's learning rate"
+    )
     shown["eval_freq"] = p.add_argument(
-        "--eval-freq", type=COUNT, help="steps between losses"
+        "--eval-freq", type=COUNT, metavar="N", help="steps between losses"
     )
     shown["seed"] = p.add_argument(
         "--seed", type=SEED, help="for the order of examples"
     )
     shown["checkpoint_every"] = p.add_argument(
         "--checkpoint-every", type=COUNT, metavar="N", help="steps"
+    )
+    add_speed_options(p, shown)
+    p.add_argument(
+        "--lora",
+        type=COUNT,
+        metavar="R",
+        help="train LoRA matrices of rank R (appendix E) instead of the weights",
     )
     add_device_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -163,10 +179,25 @@ def finetune_inputs(args, run, defaults: dict) -> tuple[dict, dict]:
     return settings, inputs
 
 
-def finetune(args, run, kind, settings, model, loaders, device, loss_fn=None):
+def add_lora(model, rank: int, train_whole: tuple[str, ...] = ()) -> None:
+    """Appendix E's LoRA of `rank` (alpha 2 * rank) on the layers of the
+    transformer blocks; of the rest, only the modules in `train_whole` train."""
+    replace_linear_with_lora(model.trf_blocks, rank, alpha=2 * rank)
+    for name, param in model.named_parameters():
+        if not name.startswith("trf_blocks."):
+            param.requires_grad_(name.split(".")[0] in train_whole)
+
+
+def finetune(
+    args, run, kind, settings, model, loaders, device, loss_fn=None, train_whole=()
+):
     """Chapter 8's and 9's training, AdamW on the parameters that train, with
     checkpoints in --out/checkpoints, so that --resume can finish a stopped run
-    of `llmbook finetune KIND`."""
+    of `llmbook finetune KIND`. With --lora, only LoRA's matrices (and the
+    modules in `train_whole`) train, and they are merged into the model at the
+    end, so that its file is an ordinary model's."""
+    if settings["lora"]:
+        add_lora(model, settings["lora"], train_whole)
     optimizer = configure_optimizer(model, lr=settings["lr"])
     config = TrainingConfig(
         num_epochs=settings["epochs"],
@@ -174,13 +205,16 @@ def finetune(args, run, kind, settings, model, loaders, device, loss_fn=None):
         eval_iter=5,
         checkpoint_dir=args.out / "checkpoints",
         checkpoint_every=settings["checkpoint_every"],
+        max_steps=settings["max_steps"],
+        grad_accum_steps=settings["grad_accum"],
+        bf16=settings["bf16"],
         progress=not args.quiet,
         metrics_file=args.out / "metrics.jsonl",  # a line per evaluation: tail -f
         run_id=run.manifest.get("id"),  # checkpoints of no other run
     )
     try:
         train_loader, val_loader = loaders
-        return train_model(
+        history = train_model(
             model,
             train_loader,
             val_loader,
@@ -198,6 +232,9 @@ def finetune(args, run, kind, settings, model, loaders, device, loss_fn=None):
             ) from None
         again = f"llmbook finetune {kind} --out {args.out} --resume"
         raise KeyboardInterrupt(f"interrupted; continue with: {again}") from None
+    if settings["lora"]:
+        merge_lora(model)
+    return history
 
 
 def classifier_length(labelled, tokenizer, model, settings, data) -> int:
@@ -246,6 +283,10 @@ def train_classifier(args, run, settings: dict, inputs: dict) -> None:
     keep = keep_tokenizer(spec, out)  # the run's own copy of its tokenizer
     run.save_manifest(settings=settings, inputs=inputs, tokenizer=keep)
     train, val, test = splits
+    print(
+        f"{len(train):,} training, {len(val):,} validation and {len(test):,} test "
+        f"texts, each read as {max_length} tokens"
+    )
     loaders = create_classification_loaders(
         train,
         val,
@@ -262,7 +303,9 @@ def train_classifier(args, run, settings: dict, inputs: dict) -> None:
     model.to(device)
     loss_fn = partial(calc_classification_loss, pad_token_id=pad_id)
     pair = loaders[0], loaders[1]
-    history = finetune(args, run, "classify", settings, model, pair, device, loss_fn)
+    history = finetune(
+        args, run, "classify", settings, model, pair, device, loss_fn, ("out_head",)
+    )
     saved = out / "classifier.safetensors"  # first: nothing after can lose it
     save_classifier(model, saved, labels, keep, max_length, pad_id)
     accuracy = {
@@ -270,7 +313,13 @@ def train_classifier(args, run, settings: dict, inputs: dict) -> None:
         for name, part in zip(["training", "validation", "test"], loaders, strict=True)
     }
     print(", ".join(f"{name} accuracy {value:.1%}" for name, value in accuracy.items()))
-    save_json(accuracy, out / "accuracy.json")
+    common = Counter(label for _, label in train).most_common(1)[0][0]
+    baseline = sum(label == common for _, label in test) / len(test)
+    print(
+        f"the yardstick: always answering {labels[common]!r}, the most common "
+        f"label in training, scores {baseline:.1%} on the test texts"
+    )
+    save_json(accuracy | {"majority_baseline": baseline}, out / "accuracy.json")
     finish_training(history, out, "classifier finetuning", saved)
     run.save_manifest(finished=True)  # all written: --resume has nothing to do
 
@@ -279,7 +328,6 @@ def add_classify(commands) -> None:
     p = add_command(
         commands,
         "classify",
-        "label texts with a classifier from llmbook finetune classify",
         'llmbook classify --checkpoint spam "You won a prize! Call now"',
     )
     p.add_argument(

@@ -28,12 +28,13 @@ def add_generate(commands) -> None:
     p = add_command(
         commands,
         "generate",
-        "continue a prompt with a trained model, printing each token as it comes",
         'llmbook generate --checkpoint run --prompt "Every effort moves you" --seed 1',
     )
     add_model_options(p)
-    p.add_argument("--prompt", required=True, help="the text to continue")
-    p.add_argument("--max-new-tokens", type=number(int, 0), default=50)
+    p.add_argument(
+        "--prompt", metavar="TEXT", required=True, help="the text to continue"
+    )
+    p.add_argument("--max-new-tokens", metavar="N", type=number(int, 0), default=50)
     add_sampling_options(p, temperature=0.8)
     add_device_option(p)
     p.set_defaults(run=generate_command)
@@ -86,6 +87,7 @@ def generate_command(args) -> None:
         model.cfg.context_length,
         temperature=args.temperature,
         top_k=min(args.top_k, model.cfg.vocab_size),
+        top_p=args.top_p,
         eos_id=eos_id,
         generator=generator,
         on_token=printer.add,

@@ -8,6 +8,7 @@ own entries, resumable."""
 from argparse import Namespace
 
 import torch
+from tqdm.auto import tqdm
 
 from llmbook.checkpoint import save_model
 from llmbook.cli.common import (
@@ -32,6 +33,7 @@ from llmbook.cli.runs import claim_out, finish_training, keep_tokenizer, load_ba
 from llmbook.data import encode_text
 from llmbook.files import save_json
 from llmbook.instruct import (
+    RESPONSE_HEADER,
     JudgeStopped,
     create_instruction_loaders,
     format_input,
@@ -50,8 +52,8 @@ def add_finetune_instruct(kinds) -> None:
     p = add_command(
         kinds,
         "instruct",
-        "finetune a model to follow instructions (chapter 9)",
         "llmbook finetune instruct --data tasks.json --gpt2 gpt2-medium --out chat",
+        summary="finetune a model to follow instructions (chapter 9)",
     )
     data = "a JSON list of {instruction, input, output}; 85/10/5%% train/val/test"
     shown = add_finetune_options(p, data)
@@ -59,7 +61,7 @@ def add_finetune_instruct(kinds) -> None:
         "--mask-prompt", action="store_true", default=None, help="train on answers only"
     )
     shown["max_new_tokens"] = p.add_argument(
-        "--max-new-tokens", type=COUNT, help="a test answer's"
+        "--max-new-tokens", metavar="N", type=COUNT, help="a test answer's"
     )
     for name, action in shown.items():
         action.shown = INSTRUCT[name]
@@ -84,6 +86,24 @@ def check_lengths(
             )
 
 
+def test_answer_tokens(test: list[dict], tokenizer, model, settings, data) -> int:
+    """The tokens a test answer may have: --max-new-tokens, or less where the
+    longest test prompt leaves less of the context (said, with why)."""
+    if not test:
+        print(f"note: {data} is too small to leave entries for a test part (5%)")
+        return 0
+    context = model.cfg.context_length
+    prompts = [format_input(e) + RESPONSE_HEADER for e in test]
+    room = context - max(len(encode_text(tokenizer, p)) for p in prompts)
+    if settings["max_new_tokens"] > room:
+        print(
+            f"note: the longest test prompt leaves {room} of the model's {context} "
+            f"tokens, so test answers stop at {room} (--max-new-tokens "
+            f"{settings['max_new_tokens']})"
+        )
+    return min(settings["max_new_tokens"], room)
+
+
 def finetune_instruct(args) -> None:
     with claim_out(args, "instruction") as run:  # refused here, not after training
         train_instructions(args, run, *finetune_inputs(args, run, INSTRUCT))
@@ -102,6 +122,7 @@ def train_instructions(args, run, settings: dict, inputs: dict) -> None:
     model, tokenizer, spec = load_base_model(Namespace(**inputs["base"]), device)
     check_lengths(entries, tokenizer, model.cfg.context_length, data)
     eos_id = end_of_text(tokenizer)
+    budget = test_answer_tokens(test, tokenizer, model, settings, data)
     keep = keep_tokenizer(spec, out)  # the run's own copy of its tokenizer
     run.save_manifest(settings=settings, inputs=inputs, tokenizer=keep)
     loaders = create_instruction_loaders(
@@ -120,9 +141,10 @@ def train_instructions(args, run, settings: dict, inputs: dict) -> None:
     save_model(model, saved, metadata={"tokenizer": keep})
     finish_training(history, out, "instruction finetuning", saved)
     if test:
-        answered = generate_responses(
-            model, test, tokenizer, settings["max_new_tokens"], device, eos_id=eos_id
-        )
+        answered = [  # one at a time, for a progress bar
+            generate_responses(model, [one], tokenizer, budget, device, eos_id)[0]
+            for one in tqdm(test, "answering the test part", disable=args.quiet)
+        ]
         answers = save_json(answered, out / "test-responses.json")
         print(
             f"answered {len(test)} test instruction(s) in {answers}; score "
@@ -135,25 +157,38 @@ def add_evaluate(commands) -> None:
     p = add_command(
         commands,
         "evaluate",
-        "score an instruction model's answers: ROUGE-L, and a judge model if given",
         "llmbook evaluate --responses chat/test-responses.json --judge-url "
         "http://localhost:11434",
     )
     p.add_argument(
         "--responses",
+        metavar="FILE",
         type=path_option,
         help="entries with a model_response, to score as they are",
     )
     add_model_options(p, required=False)
     p.add_argument(
-        "--data", type=path_option, help="entries for --checkpoint or --gpt2 to answer"
+        "--data",
+        metavar="FILE",
+        type=path_option,
+        help="entries for --checkpoint or --gpt2 to answer",
     )
-    p.add_argument("--max-new-tokens", type=COUNT, default=256, help="an answer's")
-    p.add_argument("--judge-url", help="an Ollama or OpenAI-compatible server")
-    p.add_argument("--judge-model", default="llama3", help="the judge's model name")
+    p.add_argument(
+        "--max-new-tokens", metavar="N", type=COUNT, default=256, help="an answer's"
+    )
+    p.add_argument(
+        "--judge-url", metavar="URL", help="an Ollama or OpenAI-compatible server"
+    )
+    p.add_argument(
+        "--judge-model", metavar="NAME", default="llama3", help="the judge's model name"
+    )
     p.add_argument("--judge-api", choices=["ollama", "openai"], default="ollama")
     p.add_argument(
-        "--judge-timeout", type=RATE, default=120.0, help="seconds for one answer"
+        "--judge-timeout",
+        metavar="SECONDS",
+        type=RATE,
+        default=120.0,
+        help="seconds for one answer",
     )
     p.add_argument(
         "--out", type=path_option, help="write the scored entries here (JSON)"

@@ -35,13 +35,16 @@ def add_finetune_prefer(kinds) -> None:
     p = add_command(
         kinds,
         "prefer",
-        "tune a model towards preferred answers with DPO (chapter 11)",
         "llmbook finetune prefer --data pairs.json --checkpoint chat --out polite",
+        summary="tune a model towards preferred answers with DPO (chapter 11)",
     )
     data = "a JSON list of {instruction, input, chosen, rejected}; 85/10/5%% split"
     shown = add_finetune_options(p, data)
     shown["beta"] = p.add_argument(
-        "--beta", type=RATE, help="how closely the model stays by where it started"
+        "--beta",
+        metavar="X",
+        type=RATE,
+        help="how closely the model stays by where it started",
     )
     for name, action in shown.items():
         action.shown = PREFER[name]

@@ -4,6 +4,7 @@
 
 """`llmbook pretrain`: a GPT pretrained on text files, resumable (chapter 7)."""
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from llmbook.cli.common import (
     UsageError,
     add_command,
     add_device_option,
+    add_speed_options,
     number,
     path_option,
     pick_device,
@@ -27,6 +29,7 @@ from llmbook.cli.runs import checkpoint_to_resume, claim_out, finish_training
 from llmbook.cli.settings import (
     PRETRAIN,
     RUN_LENGTH,
+    apply_config_file,
     loaders,
     pretrain_settings,
     pretraining_data,
@@ -35,8 +38,8 @@ from llmbook.cli.settings import (
     text_sha256,
 )
 from llmbook.distributed import device_for, distributed, distributed_loader, print0
-from llmbook.fast import configure_optimizer
-from llmbook.model import MODERN_PRESETS, PRESETS, GPTModel
+from llmbook.fast import configure_optimizer, flops_per_token, matmul_flops
+from llmbook.model import MODERN_PRESETS, PRESETS, GPTConfig, GPTModel
 from llmbook.train import TrainingConfig, train_model
 
 
@@ -44,7 +47,6 @@ def add_pretrain(commands) -> None:
     p = add_command(
         commands,
         "pretrain",
-        "pretrain a GPT on text files; --resume continues a stopped run",
         "llmbook pretrain notes/ --out run --preset debug --max-steps 200\n"
         "  torchrun --standalone --nproc_per_node=2 $(which llmbook) pretrain ...",
     )
@@ -54,13 +56,19 @@ def add_pretrain(commands) -> None:
     )
     model = p.add_mutually_exclusive_group()
     shown = {}
-    shown["preset"] = model.add_argument(
+    model.add_argument(
         "--preset",
         choices=sorted(PRESETS | MODERN_PRESETS),
-        help="a GPT-2 size, or a Llama 3 / Qwen 3 shape (chapter 10)",
+        help="a GPT-2 size, a smaller one, or a Llama 3 / Qwen 3 shape (chapter "
+        "10) (default: mini on a CPU, gpt2-small on a GPU)",
     )
     shown["config"] = model.add_argument(
-        "--config", metavar="FILE", help="a JSON file of GPTConfig fields"
+        "--config",
+        metavar="FILE",
+        help="a JSON file of the model's fields (GPTConfig: "
+        + ", ".join(f.name for f in dataclasses.fields(GPTConfig))
+        + "), or a TOML file of this command's options (lr = 3e-4, ...) and "
+        "of a [model] table of those fields",
     )
     shown["tokenizer"] = p.add_argument(
         "--tokenizer",
@@ -113,16 +121,18 @@ def add_pretrain(commands) -> None:
     shown["checkpoint_every"] = p.add_argument(
         "--checkpoint-every", type=COUNT, metavar="N", help="steps"
     )
+    add_speed_options(p, shown)
     add_device_option(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     for name, action in shown.items():
         action.shown = (PRETRAIN | RUN_LENGTH)[name]  # type: ignore[attr-defined]
-    p.set_defaults(run=pretrain)
+    p.set_defaults(run=pretrain, command_parser=p)  # for a TOML --config
 
 
 def pretrain(args) -> None:
+    apply_config_file(args, args.command_parser)
     with claim_out(args, "pretraining") as run:  # before any work: see chapter 7
         saved = run.manifest if args.resume else None
         settings = pretrain_settings(args, saved)
@@ -136,6 +146,29 @@ def run_length(settings: dict, steps_an_epoch: int) -> tuple[int, int]:
     if epochs is None:  # one pass, or as many as max_steps takes
         epochs = 1 if max_steps is None else -(-max_steps // steps_an_epoch)
     return epochs, min(epochs * steps_an_epoch, max_steps or epochs * steps_an_epoch)
+
+
+def say_the_least_time(model, settings: dict, device, steps: int) -> None:
+    """Say on stderr the least time a step and the run can take: appendix C's
+    operations per step over the rate this device multiplies matrices at."""
+    tokens = settings["batch_size"] * settings["grad_accum"] * model.cfg.context_length
+    step = flops_per_token(model, model.cfg.context_length) * tokens
+    least = step / matmul_flops(device)
+    what = f"--preset {settings['preset']}" if settings["preset"] else "--config"
+    print0(
+        f"note: {what}; at this {device.type}'s speed of multiplying matrices, a "
+        f"step takes at least {duration(least)}, and {steps:,} steps at least "
+        f"{duration(least * steps)}",
+        file=sys.stderr,
+    )
+
+
+def duration(seconds: float) -> str:
+    """`seconds` in the unit that reads best: 0.25 s, 12 min, 7.5 h, 3.0 days."""
+    for unit, size in [("days", 86400), ("h", 3600), ("min", 60)]:
+        if seconds >= 2 * size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.2g} s" if seconds >= 0.1 else f"{seconds * 1000:.2g} ms"
 
 
 def check_length(out: Path, saved: dict, total: int) -> None:
@@ -190,6 +223,8 @@ def train_run(args, run: RunFolder, settings, text, names, saved) -> None:
             progress=not args.quiet,
             metrics_file=out / "metrics.jsonl",  # a line per evaluation: tail -f
             compile=args.compile,
+            grad_accum_steps=settings["grad_accum"],
+            bf16=settings["bf16"],
             warmup_steps=settings["warmup_steps"],
             cosine_decay=settings["cosine"],
             max_grad_norm=settings["max_grad_norm"],
@@ -207,6 +242,8 @@ def train_run(args, run: RunFolder, settings, text, names, saved) -> None:
             f"{'resuming' if resuming else 'training'} a {parameters:,}-parameter "
             f"GPT on {device.type}; {len(train_loader)} steps an epoch"
         )
+        if place.is_main and not resuming:
+            say_the_least_time(model, settings, device, total)
         try:
             history = train_model(
                 model,

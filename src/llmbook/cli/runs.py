@@ -100,9 +100,8 @@ def settings_of(args, defaults: dict, saved: dict | None) -> dict:
         if saved is None:
             settings[name] = default if given is None else given
             continue
-        if name not in saved["settings"]:
-            raise CommandError(f"{args.out / RUN_FILE} is damaged: no setting {name}")
-        before = saved["settings"][name]
+        # a run from before the option existed ran with its default
+        before = saved["settings"].get(name, default)
         if given is not None and given != before:
             option = "--" + name.replace("_", "-")
             raise UsageError(

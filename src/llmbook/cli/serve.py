@@ -28,19 +28,23 @@ def add_serve(commands) -> None:
     p = add_command(
         commands,
         "serve",
-        "answer OpenAI API requests (/v1/completions, /v1/chat/completions) over HTTP",
         "llmbook serve --checkpoint chat-run --port 8000",
     )
     add_model_options(p)
-    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0: every network")
+    p.add_argument(
+        "--host", metavar="ADDRESS", default="127.0.0.1", help="0.0.0.0: every network"
+    )
     p.add_argument(
         "--port",
+        metavar="N",
         type=number(int, 0, below=65536),
         default=8000,
         help="0: any free port",
     )
     p.add_argument(
-        "--name", help="the model's name in requests (default: its folder's)"
+        "--name",
+        metavar="NAME",
+        help="the model's name in requests (default: its folder's)",
     )
     p.add_argument(
         "--max-waiting",
@@ -89,7 +93,6 @@ def add_export(commands) -> None:
     p = add_command(
         commands,
         "export",
-        "write a model as a folder that Hugging Face transformers loads",
         "llmbook export --checkpoint chat-run --out chat-run-hf",
     )
     add_model_options(p)

@@ -5,11 +5,15 @@
 """What a pretraining run is made of, from the command line or, on --resume, from
 its run folder: settings, model configuration, text and tokenizer."""
 
+import argparse
 import dataclasses
 import hashlib
 import json
+import tomllib
 from argparse import Namespace
 from pathlib import Path
+
+import torch
 
 from llmbook.bpe import BPETokenizer
 from llmbook.cli.common import (
@@ -42,6 +46,8 @@ PRETRAIN = {
     # the weights a run ends with depend on when it evaluates too.
     "eval_freq": 50,
     "eval_batches": 10,
+    "grad_accum": 1,  # appendix C
+    "bf16": False,
 }
 # How long a run goes on and how often it saves: kept by --resume too, but these
 # may be given again with new values, to train a run further.
@@ -56,6 +62,11 @@ def pretrain_settings(args, saved: dict | None) -> dict:
         raise UsageError("give --preset or --config, not both")
     files = {"config": None, "tokenizer": None} if saved is not None else {}
     settings = settings_of(Namespace(**vars(args) | files), PRETRAIN, saved)
+    if saved is None and args.preset is None and args.config is None:
+        gpu = args.device == "cuda" or (
+            args.device == "auto" and torch.cuda.is_available()
+        )  # a size that trains in minutes a run on a CPU, not days
+        settings["preset"] = "gpt2-small" if gpu else "mini"
     if saved is None and args.config is not None:  # the file gives the model
         settings["preset"] = None
         in_file = config_fields(args.config).get("context_length")
@@ -103,13 +114,61 @@ def run_config(settings: dict, vocab_size: int, saved, given: str | None) -> GPT
     return cfg
 
 
-def config_fields(config: str) -> dict:
-    """The GPTConfig fields that a --config file gives."""
-    path = Path(config)
+def read_config(path: Path) -> dict:
+    """A --config file's contents: JSON, or TOML (a .toml file)."""
     try:
-        fields = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
+        text = path.read_text(encoding="utf-8")
+        return tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (OSError, ValueError) as error:  # TOMLDecodeError is a ValueError
         raise CommandError(f"--config {path}: {error}") from None
+
+
+def apply_config_file(args, parser) -> None:
+    """A TOML --config sets the options that the command line leaves out (each
+    checked as its option is) from its keys, and the model from its [model]
+    table, if it has one; a JSON --config holds only the model's fields."""
+    if args.config is None or not args.config.endswith(".toml"):
+        return
+    path, options = Path(args.config), dict[str, argparse.Action]()
+    for action in parser._actions:
+        options |= {name: action for name in action.option_strings}
+    data = read_config(path)
+    for key, value in data.items():
+        action = options.get("--" + key.replace("_", "-"))
+        if key == "model":
+            continue
+        if key == "text" and isinstance(value, list):
+            args.text = args.text or [str(item) for item in value]
+            continue
+        if action is None or action.dest in ("out", "resume", "config", "help"):
+            raise CommandError(f"--config {path}: {key!r} is no option of the command")
+        if getattr(args, action.dest) not in (None, False):
+            continue  # the command line's value wins
+        if action.nargs == 0:  # a switch: true or false
+            if not isinstance(value, bool):
+                raise CommandError(f"--config {path}: {key} must be true or false")
+            setattr(args, action.dest, value or action.default)
+            continue
+        convert = action.type if callable(action.type) else str
+        try:
+            parsed = convert(str(value))
+        except argparse.ArgumentTypeError as error:
+            raise CommandError(f"--config {path}: {key}: {error}") from None
+        if action.choices is not None and parsed not in action.choices:
+            raise CommandError(
+                f"--config {path}: {key} must be one of {action.choices}"
+            )
+        setattr(args, action.dest, parsed)
+    if "model" not in data:
+        args.config = None  # the model comes from --preset (or its default)
+
+
+def config_fields(config: str) -> dict:
+    """The GPTConfig fields that a --config file gives (a TOML file's [model])."""
+    path = Path(config)
+    fields = read_config(path)
+    if path.suffix == ".toml":
+        fields = fields.get("model", {})
     known = {f.name for f in dataclasses.fields(GPTConfig)}
     if not isinstance(fields, dict) or set(fields) - known:
         unknown = sorted(set(fields) - known) if isinstance(fields, dict) else fields
