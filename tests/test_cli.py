@@ -260,12 +260,63 @@ def test_ctrl_c_stops_at_a_checkpoint_and_the_hint_finishes_the_run(tmp_path, ve
     assert "Traceback" not in stopped.stderr
     hint = f"continue with: llmbook pretrain --out {out} --resume"
     assert stopped.stderr.rstrip().endswith(hint)
-    assert (out / "checkpoints" / "latest").read_text() == "step-00000005"
+    # Ctrl-C waits for the end of the step under way, 6, which is saved
+    assert (out / "checkpoints" / "latest").read_text() == "step-00000006"
     assert not (out / "model.safetensors").exists()
     # The hint as given: the run keeps its own length and checkpoint interval.
     command("pretrain", "--out", out, "--resume", check=0)
     assert (out / "checkpoints" / "latest").read_text() == "step-00000020"
     assert (out / "model.safetensors").is_file()
+
+
+# Ctrl-C in the first batch of a run that would make its first checkpoint at step 100.
+CTRL_C_IN_THE_FIRST_BATCH = """
+import os, signal
+signal.signal(signal.SIGINT, signal.default_int_handler)
+import llmbook.train
+from llmbook.cli import run
+
+loss = llmbook.train.calc_loss_batch
+
+def ctrl_c_then_loss(*args):
+    llmbook.train.calc_loss_batch = loss
+    os.kill(os.getpid(), signal.SIGINT)
+    return loss(*args)
+
+llmbook.train.calc_loss_batch = ctrl_c_then_loss
+run()
+"""
+
+
+def test_ctrl_c_before_the_first_checkpoint_loses_one_step_at_most(tmp_path, verdict):
+    out = tmp_path / "run"
+    settings = [*TINY, "--context-length", 32, "--max-steps", 6]
+    settings += ["--eval-freq", 1000, "--checkpoint-every", 100]
+    stopped = subprocess.run(
+        [sys.executable, "-c", CTRL_C_IN_THE_FIRST_BATCH, "pretrain"]
+        + [str(arg) for arg in [verdict, "--out", out, *settings]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert stopped.returncode == 130, stopped.stderr
+    assert "continue with: llmbook pretrain --out" in stopped.stderr
+    assert (out / "checkpoints" / "latest").read_text() == "step-00000001"
+    command("pretrain", "--out", out, "--resume", check=0)
+    whole = tmp_path / "whole"
+    command("pretrain", verdict, "--out", whole, *settings, check=0)
+    assert (
+        tensors(out / "model.safetensors").keys()
+        == tensors(whole / "model.safetensors").keys()
+    )
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            tensors(out / "model.safetensors").values(),
+            tensors(whole / "model.safetensors").values(),
+            strict=True,
+        )
+    )  # the stopped and resumed run ends as an uninterrupted one
 
 
 def test_mistakes_end_in_one_line_with_code_2_for_usage_and_1_for_failures(

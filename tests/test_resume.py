@@ -144,12 +144,13 @@ SETUPS = {
         {"pause_at": 7},
         7,
     ),
-    # Chapter 8's classifier: another loss, frozen parameters, a head of its own.
+    # Chapter 8's classifier: another loss, frozen parameters, a head of its own;
+    # stopped at step 5, which a run's last step always is, a checkpoint.
     "classifier": lambda text: Setup(
         classifier(),
         {"num_epochs": 2, "eval_freq": 3, "eval_iter": 1, "checkpoint_every": 2},
         {"max_steps": 5},
-        4,
+        5,
         calc_classification_loss,
     ),
 }

@@ -37,6 +37,7 @@ from llmbook.distributed import (
 )
 from llmbook.fast import compile_model
 from llmbook.files import append_json_line, keep_json_lines, save_json
+from llmbook.interrupt import ctrl_c_held
 from llmbook.losses import calc_loss_batch, calc_loss_loader
 from llmbook.model import eval_mode
 from llmbook.schedule import LearningRateSchedule, schedule_for
@@ -246,47 +247,42 @@ def train_model(
     forward_model = compile_model(wrapped, device) if config.compile else wrapped
     device_type = torch.device(device).type
     model.train()
-    paused = False  # by config.pause_at
-    while at.epoch < config.num_epochs and at.step < run.total:
-        for input_batch, target_batch in _epoch_batches(train_loader, run):
-            if run.pending == 0:  # the first batch of a step
-                run.begin_step(optimizer, len(train_loader))
-            if ddp is not None:  # gradients are exchanged at a step's last batch
-                ddp.require_backward_grad_sync = run.pending + 1 == run.group
-            with torch.autocast(device_type, torch.bfloat16, enabled=config.bf16):
-                loss = loss_fn(input_batch, target_batch, forward_model, device)
-            (loss / run.group).backward()  # the step's gradient: its batches' mean
-            run.pending, at.batch_in_epoch = run.pending + 1, at.batch_in_epoch + 1
-            at.tokens_seen += input_batch.numel()
-            run.diverged = _first_bad_step(run.diverged, loss, at.step + 1)
-            if run.pending < run.group:
-                continue  # more batches to add to this step's gradient
-            _take_step(run, model, optimizer)
-            bar.update(1)
-            if at.step % config.eval_freq == 0:
-                train, val, speed = _evaluate_run(
-                    run, model, optimizer, loaders, device, loss_fn
-                )
-                bar.set_postfix(train=f"{train:.3f}", val=f"{val:.3f}")
-                if report:  # a line that stays on the screen, above the bar
-                    bar.write(
-                        f"step {at.step}: training loss {train:.3f}, validation loss "
-                        f"{val:.3f}, {speed:,.0f} tokens/s",
-                        file=sys.stderr,
-                    )
-            paused = at.step == config.pause_at  # a checkpoint to go on from
-            every = config.checkpoint_every
-            if paused or (every and at.step % every == 0):
-                _save_run(run, model, optimizer, train_loader)
-            if at.step >= run.total or paused:
+    paused = False  # by config.pause_at, or by Ctrl-C
+    with ctrl_c_held(world_size() == 1) as ctrl_c:  # one process: Ctrl-C waits
+        while at.epoch < config.num_epochs and at.step < run.total:
+            for input_batch, target_batch in _epoch_batches(train_loader, run):
+                if run.pending == 0:  # the first batch of a step
+                    run.begin_step(optimizer, len(train_loader))
+                if ddp is not None:  # gradients are exchanged at a step's last batch
+                    ddp.require_backward_grad_sync = run.pending + 1 == run.group
+                with torch.autocast(device_type, torch.bfloat16, enabled=config.bf16):
+                    loss = loss_fn(input_batch, target_batch, forward_model, device)
+                (loss / run.group).backward()  # the step's gradient: its batches' mean
+                run.pending, at.batch_in_epoch = run.pending + 1, at.batch_in_epoch + 1
+                at.tokens_seen += input_batch.numel()
+                run.diverged = _first_bad_step(run.diverged, loss, at.step + 1)
+                if run.pending < run.group:
+                    continue  # more batches to add to this step's gradient
+                _take_step(run, model, optimizer)
+                bar.update(1)
+                if at.step % config.eval_freq == 0:
+                    _evaluate_run(run, model, optimizer, loaders, device, loss_fn, bar)
+                paused = at.step == config.pause_at or ctrl_c.pressed  # to go on from
+                every, last = config.checkpoint_every, at.step >= run.total
+                save = paused or last or (every and at.step % every == 0)
+                if save and config.checkpoint_dir is not None:
+                    _save_run(run, model, optimizer, train_loader)
+                if last or paused:
+                    break
+            if at.batch_in_epoch == len(train_loader):  # the epoch is complete
+                at.epoch, at.batch_in_epoch = at.epoch + 1, 0
+                if sample is not None:
+                    run.history.samples.append(_sample(model, sample))
+            if paused:
                 break
-        if at.batch_in_epoch == len(train_loader):  # the epoch is complete
-            at.epoch, at.batch_in_epoch = at.epoch + 1, 0
-            if sample is not None:
-                run.history.samples.append(_sample(model, sample))
-        if paused:
-            break
     bar.close()
+    if ctrl_c.pressed:  # at a checkpoint, where there is a checkpoint_dir
+        raise KeyboardInterrupt(f"stopped by Ctrl-C after step {at.step}")
     check_finite(run.diverged, config.checkpoint_dir)
     return run.history
 
@@ -414,10 +410,10 @@ def _take_step(run: _Run, model, optimizer) -> None:
     run.at.step += 1
 
 
-def _evaluate_run(run: _Run, model, optimizer, loaders, device, loss_fn):
-    """Both losses, averaged over the processes (appendix A) and recorded in the
-    history with the last step's learning rate and gradient norm, and the tokens
-    a second trained since the last evaluation."""
+def _evaluate_run(run: _Run, model, optimizer, loaders, device, loss_fn, bar):
+    """Both losses, averaged over the processes (appendix A), recorded in the
+    history with the last step's learning rate and gradient norm, and shown with
+    the tokens a second trained since the last evaluation."""
     start = time.perf_counter()
     check_finite(run.diverged, run.config.checkpoint_dir)
     train_loader, val_loader = loaders
@@ -435,7 +431,10 @@ def _evaluate_run(run: _Run, model, optimizer, loaders, device, loss_fn):
         line |= {"tokens_per_s": speed, "time": time.time()}
         append_json_line(run.config.metrics_file, line)
     run.clock = (time.perf_counter(), run.at.tokens_seen)
-    return train_loss, val_loss, speed
+    bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
+    if not bar.disable:  # a line that stays on the screen, above the bar
+        losses = f"training loss {train_loss:.3f}, validation loss {val_loss:.3f}"
+        bar.write(f"step {run.at.step}: {losses}, {speed:,.0f} tokens/s", sys.stderr)
 
 
 def _first_bad_step(diverged: torch.Tensor, loss: torch.Tensor, step: int):
