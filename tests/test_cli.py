@@ -892,6 +892,26 @@ def test_without_a_preset_a_cpu_gets_a_model_sized_for_it():
     assert pretrain_settings(given, None)["preset"] == "debug"
 
 
+def test_tensorboard_gets_each_evaluation(tmp_path, verdict):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import (
+        EventAccumulator,
+    )
+
+    out = tmp_path / "run"
+    command("pretrain", verdict, "--out", out, *TINY, "--context-length", 32,
+            "--max-steps", 4, "--eval-freq", 2, "--tensorboard", check=0)  # fmt: skip
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert {"train_loss", "val_loss", "lr", "tokens_per_s"} <= set(
+        events.Tags()["scalars"]
+    )
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").open()]
+    logged = events.Scalars("val_loss")
+    assert [e.step for e in logged] == [line["step"] for line in metrics] == [2, 4]
+    assert [e.value for e in logged] == pytest.approx([m["val_loss"] for m in metrics])
+
+
 def test_two_processes_on_one_out_exactly_one_runs(tmp_path, verdict):
     """Issue 34: two `pretrain`s on one --out both started, and the folder ended
     with one run's settings and the other's model."""

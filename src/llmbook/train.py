@@ -59,6 +59,7 @@ class TrainingConfig:
     pause_at: int | None = None  # end this call at this step; resume=True goes on
     progress: bool = True  # show a progress bar
     metrics_file: str | Path | None = None  # a JSON line per evaluation: tail -f
+    on_evaluate: Callable[[dict], object] | None = None  # called with that line
     # Speed (appendix C); none of them changes what is computed, up to rounding.
     grad_accum_steps: int = 1  # batches whose gradients add up to one step
     bf16: bool = False  # compute the loss under bfloat16 autocast
@@ -425,11 +426,13 @@ def _evaluate_run(run: _Run, model, optimizer, loaders, device, loss_fn, bar):
     run.history.record(run.at.step, run.at.tokens_seen, train_loss, val_loss, lr, norm)
     since, tokens = run.clock  # the evaluation's own time is not training's
     speed = (run.at.tokens_seen - tokens) / (start - since)
+    line = {"step": run.at.step, "tokens": run.at.tokens_seen, "lr": lr}
+    line |= {"train_loss": train_loss, "val_loss": val_loss, "grad_norm": norm}
+    line |= {"tokens_per_s": speed, "time": time.time()}
     if run.config.metrics_file is not None and is_main_process():
-        line = {"step": run.at.step, "tokens": run.at.tokens_seen, "lr": lr}
-        line |= {"train_loss": train_loss, "val_loss": val_loss, "grad_norm": norm}
-        line |= {"tokens_per_s": speed, "time": time.time()}
         append_json_line(run.config.metrics_file, line)
+    if run.config.on_evaluate is not None and is_main_process():
+        run.config.on_evaluate(line)  # to TensorBoard, say
     run.clock = (time.perf_counter(), run.at.tokens_seen)
     bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
     if not bar.disable:  # a line that stays on the screen, above the bar

@@ -54,6 +54,7 @@ from llmbook.cli.runs import (
     load_base_model,
     model_file,
     settings_of,
+    tensorboard_logger,
 )
 from llmbook.fast import configure_optimizer
 from llmbook.files import file_sha256, save_json
@@ -137,6 +138,9 @@ def add_finetune_options(p: Parser, data: str) -> dict:
     )
     add_device_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--tensorboard", action="store_true", help="also log to DIR/tensorboard"
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     return shown
 
@@ -210,6 +214,7 @@ def finetune(
         bf16=settings["bf16"],
         progress=not args.quiet,
         metrics_file=args.out / "metrics.jsonl",  # a line per evaluation: tail -f
+        on_evaluate=tensorboard_logger(args, args.out),
         run_id=run.manifest.get("id"),  # checkpoints of no other run
     )
     try:

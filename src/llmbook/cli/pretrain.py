@@ -25,7 +25,12 @@ from llmbook.cli.common import (
     pick_device,
     vocabulary_size,
 )
-from llmbook.cli.runs import checkpoint_to_resume, claim_out, finish_training
+from llmbook.cli.runs import (
+    checkpoint_to_resume,
+    claim_out,
+    finish_training,
+    tensorboard_logger,
+)
 from llmbook.cli.settings import (
     PRETRAIN,
     RUN_LENGTH,
@@ -125,6 +130,9 @@ def add_pretrain(commands) -> None:
     add_device_option(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--tensorboard", action="store_true", help="also log to DIR/tensorboard"
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     for name, action in shown.items():
         action.shown = (PRETRAIN | RUN_LENGTH)[name]  # type: ignore[attr-defined]
@@ -222,6 +230,7 @@ def train_run(args, run: RunFolder, settings, text, names, saved) -> None:
             checkpoint_every=settings["checkpoint_every"],
             progress=not args.quiet,
             metrics_file=out / "metrics.jsonl",  # a line per evaluation: tail -f
+            on_evaluate=tensorboard_logger(args, out),
             compile=args.compile,
             grad_accum_steps=settings["grad_accum"],
             bf16=settings["bf16"],

@@ -195,6 +195,29 @@ def keep_tokenizer(spec: str, out: Path) -> str:
     return "tokenizer.json"
 
 
+def tensorboard_logger(args, out: Path):
+    """With --tensorboard, the `on_evaluate` that writes each evaluation's
+    numbers for TensorBoard into out/tensorboard; else None."""
+    if not args.tensorboard:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise CommandError(
+            "--tensorboard needs the tensorboard package: "
+            "pip install 'llmbook[tensorboard]'"
+        ) from None
+    writer = SummaryWriter(str(out / "tensorboard"))
+
+    def log(line: dict) -> None:
+        for name in ["train_loss", "val_loss", "lr", "grad_norm", "tokens_per_s"]:
+            if line[name] is not None:
+                writer.add_scalar(name, line[name], line["step"])
+        writer.flush()  # to be seen while the run goes on
+
+    return log
+
+
 def plot_losses(history, path: Path, title: str) -> None:
     """Training and validation loss against steps, as an SVG."""
     from matplotlib.figure import Figure
