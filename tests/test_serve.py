@@ -366,6 +366,7 @@ def test_chat_under_a_terminal_streams_stops_with_ctrl_c_and_quits(tmp_path):
             "--max-new-tokens", "3000"]  # fmt: skip
     pid, terminal = pty.fork()
     if pid == 0:  # the child: the command, with the terminal as its stdin and stdout
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # a background run ignores it
         os.execv(sys.executable, args)
     output = b""
 

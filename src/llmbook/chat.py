@@ -62,7 +62,7 @@ class TextStream:
     >>> tok = gpt2_tokenizer()
     >>> stream = TextStream(tok, stop=["\\n\\n"])
     >>> [stream.add(i) for i in tok.encode("Hi there.\\n\\nBye")]
-    ['Hi', ' there', '.', '', '']
+    ['Hi', ' there', '.', '', '', '', '']
     >>> stream.stopped, stream.finish()
     (True, '')
     """
