@@ -245,18 +245,26 @@ run()
 """
 
 
-def test_ctrl_c_stops_at_a_checkpoint_and_the_hint_finishes_the_run(tmp_path, verdict):
-    out = tmp_path / "run"
-    settings = [*TINY, "--context-length", 32, "--max-steps", 20]
-    settings += ["--eval-freq", 1000, "--checkpoint-every", 5]
+def pretrain_with(script: str, *args) -> subprocess.CompletedProcess:
+    """`llmbook pretrain ARGS` in a process of its own, started by `script`, which
+    arranges for a Ctrl-C at some moment; the process must end as Ctrl-C ends it."""
     stopped = subprocess.run(
-        [sys.executable, "-c", CTRL_C_AFTER_FIRST_CHECKPOINT, "pretrain"]
-        + [str(arg) for arg in [verdict, "--out", out, *settings]],
+        [sys.executable, "-c", script, "pretrain", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert stopped.returncode == 130, stopped.stderr
+    return stopped
+
+
+def test_ctrl_c_stops_at_a_checkpoint_and_the_hint_finishes_the_run(tmp_path, verdict):
+    out = tmp_path / "run"
+    settings = [*TINY, "--context-length", 32, "--max-steps", 20]
+    settings += ["--eval-freq", 1000, "--checkpoint-every", 5]
+    stopped = pretrain_with(
+        CTRL_C_AFTER_FIRST_CHECKPOINT, verdict, "--out", out, *settings
+    )
     assert "Traceback" not in stopped.stderr
     hint = f"continue with: llmbook pretrain --out {out} --resume"
     assert stopped.stderr.rstrip().endswith(hint)
@@ -292,14 +300,7 @@ def test_ctrl_c_before_the_first_checkpoint_loses_one_step_at_most(tmp_path, ver
     out = tmp_path / "run"
     settings = [*TINY, "--context-length", 32, "--max-steps", 6]
     settings += ["--eval-freq", 1000, "--checkpoint-every", 100]
-    stopped = subprocess.run(
-        [sys.executable, "-c", CTRL_C_IN_THE_FIRST_BATCH, "pretrain"]
-        + [str(arg) for arg in [verdict, "--out", out, *settings]],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert stopped.returncode == 130, stopped.stderr
+    stopped = pretrain_with(CTRL_C_IN_THE_FIRST_BATCH, verdict, "--out", out, *settings)
     assert "continue with: llmbook pretrain --out" in stopped.stderr
     assert (out / "checkpoints" / "latest").read_text() == "step-00000001"
     command("pretrain", "--out", out, "--resume", check=0)
