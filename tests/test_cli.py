@@ -817,7 +817,7 @@ def test_lora_gradient_accumulation_and_bf16_reach_the_finetune(tmp_path, run):
     assert result.returncode == 0, result.stderr
     # the test prompts leave less of the context of 256 than 300 tokens
     assert re.search(
-        r"test answers stop at \d+ \(--max-new-tokens 300\)", result.stdout
+        r"test answers stop at \d+ \(--max-new-tokens 300\)", result.stderr
     )
     settings = json.loads((tmp_path / "lora" / "run.json").read_text())["settings"]
     assert (settings["lora"], settings["grad_accum"], settings["bf16"]) == (2, 2, True)
@@ -839,7 +839,7 @@ def test_lora_gradient_accumulation_and_bf16_reach_the_finetune(tmp_path, run):
         "--device", "cpu", "--quiet",
     )  # fmt: skip
     assert small.returncode == 0, small.stderr
-    assert "too small to leave entries for a test part" in small.stdout
+    assert "too small to leave entries for a test part" in small.stderr
 
 
 def test_a_toml_config_gives_options_and_the_command_line_wins(tmp_path, verdict):
@@ -866,18 +866,34 @@ def test_a_toml_config_gives_options_and_the_command_line_wins(tmp_path, verdict
         json.loads((tmp_path / "m" / "run.json").read_text())["model"]["emb_dim"] == 16
     )
     assert done.stdout.startswith("training a ")
-    for line, message in [
-        ("lr = -1", "lr: must be > 0.0, got -1"),
-        ("learning_rate = 1", "'learning_rate' is no option of the command"),
-        ("cosine = 1", "cosine must be true or false"),
-        ('preset = "gpt5"', "preset must be one of"),
-        ("lr = ", "--config"),  # not TOML at all
+    for line, code, message in [
+        ("lr = -1", 2, "lr: must be > 0.0, got -1"),
+        (
+            "batchsize = 1",
+            2,
+            "no option is called 'batchsize' (did you mean batch_size",
+        ),
+        ('out = "x"', 2, "give --out on the command line"),
+        ("cosine = 1", 2, "cosine must be true or false"),
+        ('preset = "gpt5"', 2, "preset must be one of"),
+        ('preset = "mini"\n[model]\nemb_dim = 8', 2, "a preset or a [model], not both"),
+        ("[model]\nemb_dim = 32", 1, "GPTConfig's defaults, GPT-2 small's"),
+        ("lr = ", 1, "--config"),  # not TOML at all
     ]:
         (tmp_path / "bad.toml").write_text(line + "\n", encoding="utf-8")
         bad = command("pretrain", verdict, "--out", tmp_path / "bad", "--config",
-                      tmp_path / "bad.toml")  # fmt: skip
-        assert bad.returncode == 1 and message in bad.stderr, bad.stderr
+                      tmp_path / "bad.toml", "--tokenizer", "gpt2")  # fmt: skip
+        assert bad.returncode == code and message in bad.stderr, bad.stderr
         assert not (tmp_path / "bad").exists()
+    # a preset on the command line with options from a file
+    both = command("pretrain", "--out", tmp_path / "both", "--config",
+                   tmp_path / "run.toml", "--preset", "micro", "--max-steps", 1,
+                   "--context-length", 32)  # fmt: skip
+    assert both.returncode == 0, both.stderr
+    run_json = json.loads((tmp_path / "both" / "run.json").read_text())
+    assert run_json["settings"]["preset"] == "micro"
+    lines = (tmp_path / "both" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1]  # measured at its end
 
 
 def test_without_a_preset_a_cpu_gets_a_model_sized_for_it():

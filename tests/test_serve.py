@@ -198,12 +198,30 @@ def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(server):
             f"{url}/chat/completions", {"model": "story", "messages": messages}
         )
         assert code == 400 and reply["error"]["param"].startswith("messages"), reply
+    plain = urllib.request.Request(f"{url}/completions", b'"text"', method="POST")
+    try:
+        urllib.request.urlopen(plain, timeout=60)
+    except urllib.error.HTTPError as error:
+        assert error.code == 400 and "Content-Type" in error.read().decode()
     code, reply = post(f"{url}/nowhere", {})
     assert code == 404 and "error" in reply
     with urllib.request.urlopen(url.removesuffix("/v1") + "/health") as health:
         assert json.loads(health.read())["status"] == "ok"
     reply = client.completions.create(model="story", prompt="Hi", max_tokens=3)
     assert reply.choices[0].finish_reason in ("stop", "length")
+
+
+def test_piped_chat_answers_each_line_on_one_line(run, monkeypatch, capsys):
+    lines = "Name a colour.\n\n/nonsense\nName a fruit.\n/quit\nNever read.\n"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(lines.encode())))
+    sampled = ["--temperature", "2", "--seed", "1", "--max-new-tokens", "30"]
+    code = main(["chat", "--checkpoint", str(run), "--device", "cpu", *sampled])
+    out, err = capsys.readouterr()
+    assert code == 0
+    answers = out.split("\n")[:-1]
+    assert len(answers) == 4  # a line out for each line in, up to /quit
+    assert answers[1] == answers[2] == "" and answers[0] and answers[3]
+    assert not answers[0].startswith(" ") and "unknown command /nonsense" in err
 
 
 def test_chapter_9s_judge_client_talks_to_the_server(server):
@@ -278,6 +296,11 @@ def test_an_export_loads_in_transformers_with_the_librarys_logits(run, tmp_path)
     assert again.stdout == prompt + greedy_generate(run, prompt, 12) + "\n"
     refused = command("export", "--checkpoint", run, "--out", out)
     assert refused.returncode == 1 and "exists" in refused.stderr
+    assert (out / "model.safetensors").stat().st_mode & 0o644 == 0o644  # as any file
+    wrong = command("generate", "--checkpoint", out, *greedy)
+    assert wrong.returncode == 1 and "give it with --hf" in wrong.stderr
+    wrong = command("generate", "--hf", run, *greedy)
+    assert wrong.returncode == 1 and "goes with --checkpoint" in wrong.stderr
 
 
 @pytest.mark.parametrize("preset", ["llama3-debug", "qwen3-debug", "gpt2-untied"])

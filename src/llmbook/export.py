@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from llmbook.bpe import BPETokenizer
+from llmbook.files import current_umask
 from llmbook.weights import HF_NAMES, HUB_NAMES, TRANSPOSED
 
 
@@ -235,6 +236,7 @@ def export_hf(model, out: str | os.PathLike, tokenizer=None) -> list[str]:
     tmp.mkdir(parents=True)
     try:
         save_file(hf_state_dict(model), tmp / "model.safetensors", {"format": "pt"})
+        os.chmod(tmp / "model.safetensors", 0o666 & ~current_umask())  # as any file
         for name, data in files.items():
             (tmp / name).write_text(
                 json.dumps(data, indent=2, ensure_ascii=False) + "\n", "utf-8"

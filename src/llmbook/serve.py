@@ -283,6 +283,8 @@ def create_app(model, tokenizer, name: str, eos_id: int | None, max_waiting=4):
         param = ".".join(str(part) for part in first["loc"][1:]) or None
         if first["type"] == "json_invalid":
             param, message = None, "the request body is not valid JSON"
+        elif param is None and first["type"] == "model_attributes_type":
+            message = "send a JSON object, with Content-Type: application/json"
         else:
             message = f"{param or 'the request body'}: {first['msg']}"
         return APIError(400, message, param).response()

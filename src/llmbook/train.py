@@ -241,8 +241,8 @@ def train_model(
     loss_fn = loss_fn or calc_loss_batch
     run = _start_run(config, model, optimizer, train_loader, resume)
     at, loaders = run.at, (train_loader, val_loader)
-    report = config.progress and is_main_process()  # one bar, however many processes
-    bar = tqdm(total=run.total, initial=at.step, disable=not report, unit="step")
+    hide = not (config.progress and is_main_process()) or None  # None: on a terminal
+    bar = tqdm(total=run.total, initial=at.step, disable=hide, unit="step")
     ddp = wrap_model(model, device) if world_size() > 1 else None  # appendix A
     wrapped = ddp or model
     forward_model = compile_model(wrapped, device) if config.compile else wrapped
@@ -435,7 +435,7 @@ def _evaluate_run(run: _Run, model, optimizer, loaders, device, loss_fn, bar):
         run.config.on_evaluate(line)  # to TensorBoard, say
     run.clock = (time.perf_counter(), run.at.tokens_seen)
     bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
-    if not bar.disable:  # a line that stays on the screen, above the bar
+    if run.config.progress and is_main_process():  # a line that stays, above the bar
         losses = f"training loss {train_loss:.3f}, validation loss {val_loss:.3f}"
         bar.write(f"step {run.at.step}: {losses}, {speed:,.0f} tokens/s", sys.stderr)
 

@@ -75,10 +75,11 @@ def chat_command(args) -> None:
         if message == "/reset":
             turns.clear()
             print("(a new conversation)", file=sys.stderr)
-            continue
+        elif message.startswith("/"):
+            print(f"unknown command {message.split()[0]}; {HELP}", file=sys.stderr)
         if message.startswith("/") or not message:
-            if message:
-                print(f"unknown command {message.split()[0]}; {HELP}", file=sys.stderr)
+            if not interactive:
+                print()  # piped: a line out for every line in, empty or not
             continue
         try:
             ids, dropped = fit_conversation(
@@ -86,6 +87,8 @@ def chat_command(args) -> None:
             )
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr)
+            if not interactive:
+                print()
             continue
         if dropped:
             print(
@@ -109,6 +112,10 @@ def chat_command(args) -> None:
                 stop=[NEXT_TURN],
                 generator=generator,
             ):
+                if not any(pieces):  # the answer starts at its first word
+                    piece = piece.lstrip()
+                if not interactive:  # piped: each answer on one line
+                    piece = " ".join(piece.splitlines()) + " " * piece.endswith("\n")
                 sys.stdout.write(piece)
                 sys.stdout.flush()
                 pieces.append(piece)

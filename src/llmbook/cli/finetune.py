@@ -107,7 +107,7 @@ def add_finetune_options(p: Parser, data: str) -> dict:
     p.add_argument("--data", type=path_option, metavar="FILE", help=data)
     add_model_options(p, required=False)
     p.add_argument(
-        "--out", type=path_option, required=True, metavar="DIR", help="results"
+        "--out", type=path_option, required=True, metavar="DIR", help="the run's folder"
     )
     shown = {}
     shown["epochs"] = p.add_argument(
@@ -127,7 +127,7 @@ def add_finetune_options(p: Parser, data: str) -> dict:
         "--seed", type=SEED, help="for the order of examples"
     )
     shown["checkpoint_every"] = p.add_argument(
-        "--checkpoint-every", type=COUNT, metavar="N", help="steps"
+        "--checkpoint-every", type=COUNT, metavar="N", help="steps between checkpoints"
     )
     add_speed_options(p, shown)
     p.add_argument(
@@ -203,9 +203,12 @@ def finetune(
     if settings["lora"]:
         add_lora(model, settings["lora"], train_whole)
     optimizer = configure_optimizer(model, lr=settings["lr"])
+    train_loader, val_loader = loaders
+    steps = settings["epochs"] * -(-len(train_loader) // settings["grad_accum"])
+    steps = min(steps, settings["max_steps"] or steps)  # the steps of the run
     config = TrainingConfig(
         num_epochs=settings["epochs"],
-        eval_freq=settings["eval_freq"],
+        eval_freq=min(settings["eval_freq"], steps),  # a short run: at its end
         eval_iter=5,
         checkpoint_dir=args.out / "checkpoints",
         checkpoint_every=settings["checkpoint_every"],
@@ -218,7 +221,6 @@ def finetune(
         run_id=run.manifest.get("id"),  # checkpoints of no other run
     )
     try:
-        train_loader, val_loader = loaders
         history = train_model(
             model,
             train_loader,
@@ -387,4 +389,5 @@ def classify_command(args) -> None:
             truncate=args.truncate,
         )
         note = f" (first {limit} tokens)" if size > limit else ""
-        print(f"{settings['labels'][label]}\t{probability:.2f}\t{text}{note}")
+        shown = " ".join(text.split("\t"))  # a tab would make a column of its own
+        print(f"{settings['labels'][label]}\t{probability:.2f}\t{shown}{note}")

@@ -34,7 +34,13 @@ def add_generate(commands) -> None:
     p.add_argument(
         "--prompt", metavar="TEXT", required=True, help="the text to continue"
     )
-    p.add_argument("--max-new-tokens", metavar="N", type=number(int, 0), default=50)
+    p.add_argument(
+        "--max-new-tokens",
+        metavar="N",
+        type=number(int, 0),
+        default=50,
+        help="the most tokens to add",
+    )
     add_sampling_options(p, temperature=0.8)
     add_device_option(p)
     p.set_defaults(run=generate_command)

@@ -5,6 +5,7 @@
 """`llmbook finetune instruct` and `llmbook evaluate`: chapter 9 on the user's
 own entries, resumable."""
 
+import sys
 from argparse import Namespace
 
 import torch
@@ -90,7 +91,8 @@ def test_answer_tokens(test: list[dict], tokenizer, model, settings, data) -> in
     """The tokens a test answer may have: --max-new-tokens, or less where the
     longest test prompt leaves less of the context (said, with why)."""
     if not test:
-        print(f"note: {data} is too small to leave entries for a test part (5%)")
+        note = f"note: {data} is too small to leave entries for a test part (5%)"
+        print(note, file=sys.stderr)
         return 0
     context = model.cfg.context_length
     prompts = [format_input(e) + RESPONSE_HEADER for e in test]
@@ -99,7 +101,8 @@ def test_answer_tokens(test: list[dict], tokenizer, model, settings, data) -> in
         print(
             f"note: the longest test prompt leaves {room} of the model's {context} "
             f"tokens, so test answers stop at {room} (--max-new-tokens "
-            f"{settings['max_new_tokens']})"
+            f"{settings['max_new_tokens']})",
+            file=sys.stderr,
         )
     return min(settings["max_new_tokens"], room)
 

@@ -53,21 +53,20 @@ def add_pretrain(commands) -> None:
         commands,
         "pretrain",
         "llmbook pretrain notes/ --out run --preset debug --max-steps 200\n"
-        "  torchrun --standalone --nproc_per_node=2 $(which llmbook) pretrain ...",
+        "  torchrun --standalone --nproc_per_node=2 -m llmbook pretrain ...",
     )
     p.add_argument("text", nargs="*", metavar="TEXT", help="files, folders, globs, -")
     p.add_argument(
         "--out", type=path_option, required=True, metavar="DIR", help="the run's folder"
     )
-    model = p.add_mutually_exclusive_group()
     shown = {}
-    model.add_argument(
+    p.add_argument(  # with --config, only a TOML one without a [model] table
         "--preset",
         choices=sorted(PRESETS | MODERN_PRESETS),
         help="a GPT-2 size, a smaller one, or a Llama 3 / Qwen 3 shape (chapter "
         "10) (default: mini on a CPU, gpt2-small on a GPU)",
     )
-    shown["config"] = model.add_argument(
+    shown["config"] = p.add_argument(
         "--config",
         metavar="FILE",
         help="a JSON file of the model's fields (GPTConfig: "
@@ -124,7 +123,7 @@ def add_pretrain(commands) -> None:
         "--eval-batches", type=COUNT, metavar="N", help="batches a loss"
     )
     shown["checkpoint_every"] = p.add_argument(
-        "--checkpoint-every", type=COUNT, metavar="N", help="steps"
+        "--checkpoint-every", type=COUNT, metavar="N", help="steps between checkpoints"
     )
     add_speed_options(p, shown)
     add_device_option(p)
@@ -224,7 +223,7 @@ def train_run(args, run: RunFolder, settings, text, names, saved) -> None:
         config = TrainingConfig(
             num_epochs=epochs,
             max_steps=settings["max_steps"],
-            eval_freq=settings["eval_freq"],
+            eval_freq=min(settings["eval_freq"], total),  # a short run: at its end
             eval_iter=settings["eval_batches"],
             checkpoint_dir=out / "checkpoints",
             checkpoint_every=settings["checkpoint_every"],

@@ -159,6 +159,11 @@ def load_base_model(args, device) -> tuple[GPTModel, Any, str]:
             f"{weights} holds a classifier, which labels texts (llmbook classify); "
             "generating and finetuning start from a pretraining or instruction run"
         ) from None
+    except ValueError as error:
+        if (weights.parent / "config.json").is_file():  # Hugging Face's layout
+            hint = f"; {weights.parent} is a Hugging Face folder: give it with --hf"
+            raise CommandError(f"{error}{hint}") from None
+        raise
     tokenizer, spec = tokenizer_of(metadata, folder)
     if vocabulary_size(tokenizer) > model.cfg.vocab_size:
         raise CommandError(
@@ -174,7 +179,10 @@ def load_hf_folder(folder: Path, device) -> tuple[GPTModel, Any, str]:
     """The model of a Hugging Face folder, with the tokenizer of its
     tokenizer.json (GPT-2's where it has none)."""
     if not (folder / "config.json").is_file():
-        raise CommandError(f"--hf {folder}: no config.json there")
+        hint = "; a folder that llmbook wrote goes with --checkpoint"
+        if not (folder / "run.json").is_file():
+            hint = ""
+        raise CommandError(f"--hf {folder}: no config.json there{hint}")
     model = GPTModel(config_from_hub(folder / "config.json"))
     load_hub_weights(model, folder)
     if not (folder / "tokenizer.json").is_file():

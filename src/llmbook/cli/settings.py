@@ -7,6 +7,7 @@ its run folder: settings, model configuration, text and tokenizer."""
 
 import argparse
 import dataclasses
+import difflib
 import hashlib
 import json
 import tomllib
@@ -133,6 +134,8 @@ def apply_config_file(args, parser) -> None:
     for action in parser._actions:
         options |= {name: action for name in action.option_strings}
     data = read_config(path)
+    if "model" in data and "preset" in data:
+        raise UsageError(f"--config {path}: give a preset or a [model], not both")
     for key, value in data.items():
         action = options.get("--" + key.replace("_", "-"))
         if key == "model":
@@ -140,24 +143,27 @@ def apply_config_file(args, parser) -> None:
         if key == "text" and isinstance(value, list):
             args.text = args.text or [str(item) for item in value]
             continue
-        if action is None or action.dest in ("out", "resume", "config", "help"):
-            raise CommandError(f"--config {path}: {key!r} is no option of the command")
+        if action is not None and action.dest in ("out", "resume", "config"):
+            raise UsageError(f"--config {path}: give --{key} on the command line")
+        if action is None or action.dest == "help":
+            names = [name[2:].replace("-", "_") for name in options]
+            near = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean {near[0]}?)" if near else ""
+            raise UsageError(f"--config {path}: no option is called {key!r}{hint}")
         if getattr(args, action.dest) not in (None, False):
             continue  # the command line's value wins
         if action.nargs == 0:  # a switch: true or false
             if not isinstance(value, bool):
-                raise CommandError(f"--config {path}: {key} must be true or false")
+                raise UsageError(f"--config {path}: {key} must be true or false")
             setattr(args, action.dest, value or action.default)
             continue
         convert = action.type if callable(action.type) else str
         try:
             parsed = convert(str(value))
         except argparse.ArgumentTypeError as error:
-            raise CommandError(f"--config {path}: {key}: {error}") from None
+            raise UsageError(f"--config {path}: {key}: {error}") from None
         if action.choices is not None and parsed not in action.choices:
-            raise CommandError(
-                f"--config {path}: {key} must be one of {action.choices}"
-            )
+            raise UsageError(f"--config {path}: {key} must be one of {action.choices}")
         setattr(args, action.dest, parsed)
     if "model" not in data:
         args.config = None  # the model comes from --preset (or its default)
@@ -189,7 +195,8 @@ def model_config(settings: dict, vocab_size: int) -> GPTConfig:
     try:
         return GPTConfig(**fields)
     except (TypeError, ValueError) as error:  # a field of the wrong type or size
-        raise CommandError(f"--config {path}: {error}") from None
+        unset = "the fields it leaves out are GPTConfig's defaults, GPT-2 small's"
+        raise CommandError(f"--config {path}: {error} ({unset})") from None
 
 
 def pretraining_data(args, saved: dict | None) -> tuple[str, list[str]]:
