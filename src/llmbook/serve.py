@@ -125,7 +125,9 @@ class ModelServer:
             eos_id,
         )
         self.max_waiting, self.admitted = max_waiting, 0
-        self.counting, self.turn = threading.Lock(), threading.Lock()
+        # reentrant: a place given back by the garbage collector may be given back
+        # while this thread counts
+        self.counting, self.turn = threading.RLock(), threading.Lock()
         self.created = int(time.time())
 
     def card(self) -> dict:
