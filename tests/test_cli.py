@@ -916,12 +916,18 @@ def test_two_processes_on_one_out_exactly_one_runs(tmp_path, verdict):
         text=True,
     )
     try:
-        lock = out / ".lock"
+        lock, manifest_file = out / ".lock", out / "run.json"
+
+        def training() -> bool:  # the folder claimed and its manifest complete
+            if not (lock.is_file() and lock.read_text().strip() == str(first.pid)):
+                return False
+            return manifest_file.is_file() and '"model"' in manifest_file.read_text()
+
         deadline = time.monotonic() + 120
-        while not (lock.is_file() and lock.read_text().strip() == str(first.pid)):
+        while not training():
             assert first.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
-        manifest = (out / "run.json").read_text()
+        manifest = manifest_file.read_text()
         for resume in [[], ["--resume"]]:
             second = command("pretrain", verdict, "--out", out, *TINY, *resume)
             assert second.returncode == 2
