@@ -8,7 +8,13 @@ import tiktoken
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmbook.bpe import GPT2_PATTERN, BPETokenizer, bpe_merge, train_merges
+from llmbook.bpe import (
+    GPT2_PATTERN,
+    BPETokenizer,
+    bpe_merge,
+    naive_merge,
+    train_merges,
+)
 from llmbook.data import data_file
 from llmbook.tokenizer import gpt2_tokenizer
 
@@ -280,22 +286,6 @@ def test_from_tiktoken_needs_the_pattern_of_a_non_gpt2_encoding():
     assert ours.encode("it is 12345") == encoding.encode("it is 12345")
 
 
-def _naive_merge(data: bytes, ranks: dict[bytes, int]) -> list[bytes]:
-    """Chapter 3's quadratic encoder: merge the lowest-ranked pair, rescan, repeat."""
-    parts = [data[i : i + 1] for i in range(len(data))]
-    while len(parts) > 1:
-        candidates = [
-            (ranks[parts[i] + parts[i + 1]], i)
-            for i in range(len(parts) - 1)
-            if parts[i] + parts[i + 1] in ranks
-        ]
-        if not candidates:
-            break
-        _, i = min(candidates)
-        parts[i : i + 2] = [parts[i] + parts[i + 1]]
-    return parts
-
-
 def test_heap_merge_equals_the_naive_rescan(verdict):
     import random
 
@@ -307,4 +297,4 @@ def test_heap_merge_equals_the_naive_rescan(verdict):
         for _ in range(500)
     ]
     for word in words:
-        assert bpe_merge(word, tokenizer.ranks) == _naive_merge(word, tokenizer.ranks)
+        assert bpe_merge(word, tokenizer.ranks) == naive_merge(word, tokenizer.ranks)

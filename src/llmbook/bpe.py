@@ -34,6 +34,26 @@ GPT2_PATTERN = (
 )
 
 
+def naive_merge(data: bytes, ranks: dict[bytes, int]) -> list[bytes]:
+    """Cut `data` into tokens by always merging the lowest-ranked adjacent pair:
+    the readable version of `bpe_merge`, which must give the same tokens.
+
+    >>> naive_merge(b"abcd", {b"a": 0, b"b": 1, b"c": 2, b"d": 3, b"bc": 4, b"ab": 5})
+    [b'a', b'bc', b'd']
+    """
+    parts = [data[i : i + 1] for i in range(len(data))]
+    while len(parts) > 1:
+        best, best_rank = None, None
+        for i in range(len(parts) - 1):  # rescan every pair after every merge
+            rank = ranks.get(parts[i] + parts[i + 1])
+            if rank is not None and (best_rank is None or rank < best_rank):
+                best, best_rank = i, rank  # ties: the leftmost pair wins
+        if best is None:
+            break  # no adjacent pair is a token: done
+        parts[best : best + 2] = [parts[best] + parts[best + 1]]
+    return parts
+
+
 def bpe_merge(
     data: bytes, ranks: dict[bytes, int], max_rank: int | None = None
 ) -> list[bytes]:
