@@ -298,3 +298,10 @@ def test_heap_merge_equals_the_naive_rescan(verdict):
     ]
     for word in words:
         assert bpe_merge(word, tokenizer.ranks) == naive_merge(word, tokenizer.ranks)
+
+
+def test_text_that_is_not_a_str_is_refused_where_it_enters(gpt2):
+    with pytest.raises(TypeError, match="must be a str, not bytes, decode it first"):
+        gpt2.encode(b"some bytes")
+    with pytest.raises(TypeError, match="must be a str, not NoneType"):
+        gpt2.encode_ordinary(None)

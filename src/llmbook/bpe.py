@@ -231,12 +231,17 @@ class BPETokenizer:
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Encode text, treating special-token strings as ordinary text."""
+        _check_text(text)
         ids: list[int] = []
         cache, ranks = self._cache, self.ranks
         for chunk in self._compiled.findall(text):
             chunk_ids = cache.get(chunk)
             if chunk_ids is None:
-                chunk_ids = [ranks[p] for p in bpe_merge(chunk.encode(), ranks)]
+                data = chunk.encode()
+                if data in ranks:  # a token already: merging would end here too
+                    chunk_ids = [ranks[data]]
+                else:
+                    chunk_ids = [ranks[p] for p in bpe_merge(data, ranks)]
                 if len(cache) < 100_000:  # bound the memory a huge text can take
                     cache[chunk] = chunk_ids
             ids += chunk_ids
@@ -253,6 +258,7 @@ class BPETokenizer:
         A special token in `allowed_special` ("all" for every one) becomes its id;
         one in `disallowed_special` ("all": every one not allowed) is an error.
         """
+        _check_text(text)
         if allowed_special == "all":
             allowed_special = set(self.special_tokens)
         # Like tiktoken, ignore allowed strings that are not special tokens here.
@@ -433,6 +439,15 @@ rank ends elsewhere: b'abc' becomes [b'a', b'b', b'c']
         raise ValueError(
             f"{len(unreachable)} token(s) can never be produced, because merging "
             f"their bytes by rank ends elsewhere: {token!r} becomes {parts}"
+        )
+
+
+def _check_text(text: object) -> None:
+    """Refuse anything but a str, before the encoder splits it."""
+    if not isinstance(text, str):
+        hint = ", decode it first" if isinstance(text, bytes | bytearray) else ""
+        raise TypeError(
+            f"the text to encode must be a str, not {type(text).__name__}{hint}"
         )
 
 
