@@ -464,6 +464,43 @@ def test_generate_prints_what_the_library_generates(run):
     assert command(*asked, "--seed", 6, check=0).stdout != result.stdout
 
 
+def test_several_prompts_are_continued_in_a_batch_as_each_would_be_alone(run, tmp_path):
+    """Issue 38: a batch of prompts of different lengths, with weights in int8, from
+    --prompt and --prompts-file (blank lines skipped), printed as JSON lines."""
+    greedy = ["--max-new-tokens", 6, "--temperature", 0, "--dtype", "int8"]
+    base = ["generate", "--checkpoint", run, *greedy, "--device", "cpu"]
+    texts = tmp_path / "prompts.txt"
+    texts.write_text("It was the\n\nShe had\n", encoding="utf-8")
+    result = command(
+        *base, "--prompt", "I", "--prompts-file", texts, "--jsonl", check=0
+    )
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["prompt"] for line in lines] == ["I", "It was the", "She had"]
+    for line in lines:
+        alone = command(*base, "--prompt", line["prompt"], check=0).stdout
+        assert alone == line["prompt"] + line["text"] + "\n"
+    # batches of one give the same, and plain text puts a blank line between texts
+    plain = command(*base, "--prompt", "I", "--prompts-file", texts, "--batch-size", 1)
+    expected = "\n\n".join(line["prompt"] + line["text"] for line in lines)
+    assert plain.returncode == 0 and plain.stdout == expected + "\n"
+
+
+def test_generate_refuses_prompts_it_cannot_use(run, tmp_path):
+    base = ["generate", "--checkpoint", run, "--device", "cpu"]
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n  \n", encoding="utf-8")
+    cases = [
+        ([], "give a text to continue: --prompt TEXT or --prompts-file"),
+        (["--prompts-file", blank], "give a text to continue"),
+        (["--prompt", ""], "--prompt is empty"),
+        (["--prompts-file", tmp_path / "none.txt"], "--prompts-file: cannot read it"),
+        (["--prompt", "x", "--dtype", "int4"], "invalid choice: 'int4'"),
+    ]
+    for extra, message in cases:
+        result = command(*base, *extra)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
 def test_tokens_are_printed_one_by_one_as_they_come(run):
     model = load_model(run / "model.safetensors").eval()
     tokenizer = load_tokenizer("tokenizer.json", run)

@@ -2,8 +2,11 @@
 #   docs/using-the-library.md
 # Do not edit it: edit those chapters, then run `python tools/tangle.py`.
 
-"""`llmbook generate`: a prompt continued, each token printed as it comes."""
+"""`llmbook generate`: prompts continued, one printed token by token as it comes
+or several in one batch."""
 
+import functools
+import json
 import sys
 
 import torch
@@ -21,7 +24,8 @@ from llmbook.cli.common import (
 )
 from llmbook.cli.runs import load_base_model
 from llmbook.data import encode_text
-from llmbook.generate import generate
+from llmbook.generate import generate, pad_prompts
+from llmbook.quantize import WEIGHT_DTYPES, quantize
 
 
 def add_generate(commands) -> None:
@@ -32,7 +36,16 @@ def add_generate(commands) -> None:
     )
     add_model_options(p)
     p.add_argument(
-        "--prompt", metavar="TEXT", required=True, help="the text to continue"
+        "--prompt",
+        metavar="TEXT",
+        action="append",
+        default=[],
+        help="a text to continue; give it several times for several texts",
+    )
+    p.add_argument(
+        "--prompts-file",
+        metavar="FILE",
+        help="a file of texts to continue, one a line (-: standard input)",
     )
     p.add_argument(
         "--max-new-tokens",
@@ -40,6 +53,24 @@ def add_generate(commands) -> None:
         type=number(int, 0),
         default=50,
         help="the most tokens to add",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=WEIGHT_DTYPES,
+        default="float32",
+        help="how the weights are stored: float32, or fewer bytes (appendix F)",
+    )
+    p.add_argument(
+        "--batch-size",
+        metavar="N",
+        type=number(int, 1),
+        default=8,
+        help="how many prompts are continued at once (8)",
+    )
+    p.add_argument(
+        "--jsonl",
+        action="store_true",
+        help='print one JSON object per prompt: {"prompt": ..., "text": ...}',
     )
     add_sampling_options(p, temperature=0.8)
     add_device_option(p)
@@ -75,27 +106,60 @@ class TokenPrinter:
         self.out.flush()
 
 
+def read_prompts(args) -> list[str]:
+    """The texts of --prompt and --prompts-file, in that order; at least one."""
+    prompts = list(args.prompt)
+    if "" in prompts:
+        raise UsageError("--prompt is empty: give the model some text to continue")
+    lines = ""
+    if args.prompts_file == "-":
+        lines = sys.stdin.read()
+    elif args.prompts_file is not None:
+        try:
+            with open(args.prompts_file, encoding="utf-8") as file:
+                lines = file.read()
+        except (OSError, UnicodeDecodeError) as error:
+            raise UsageError(f"--prompts-file: cannot read it ({error})") from None
+    prompts += [line for line in lines.splitlines() if line.strip()]  # no blank
+    if not prompts:
+        raise UsageError("give a text to continue: --prompt TEXT or --prompts-file")
+    return prompts
+
+
 def generate_command(args) -> None:
+    prompts = read_prompts(args)
     device = pick_device(args.device)
     model, tokenizer, _ = load_base_model(args, device)
-    ids = encode_text(tokenizer, args.prompt)
-    if not ids:
-        raise UsageError("--prompt is empty: give the model some text to continue")
+    quantize(model, args.dtype)  # eval mode; "float32" leaves the weights as they are
     eos_id = end_of_text_or_none(tokenizer)
-    generator = seeded(args, device)
-    model.eval()
-    printer = TokenPrinter(tokenizer, eos_id)
-    sys.stdout.write(args.prompt)
-    generate(
+    ids = [encode_text(tokenizer, prompt) for prompt in prompts]
+    continued = functools.partial(
+        generate,
         model,
-        torch.tensor([ids], device=device),
-        args.max_new_tokens,
-        model.cfg.context_length,
+        max_new_tokens=args.max_new_tokens,
+        context_size=model.cfg.context_length,
         temperature=args.temperature,
         top_k=min(args.top_k, model.cfg.vocab_size),
         top_p=args.top_p,
         eos_id=eos_id,
-        generator=generator,
-        on_token=printer.add,
+        generator=seeded(args, device),
     )
-    printer.finish()
+    if len(prompts) == 1 and not args.jsonl:  # printed as it comes
+        printer = TokenPrinter(tokenizer, eos_id)
+        sys.stdout.write(prompts[0])
+        continued(torch.tensor(ids, device=device), on_token=printer.add)
+        printer.finish()
+        return
+    texts = []
+    for start in range(0, len(prompts), args.batch_size):  # a batch at a time
+        batch, padding = pad_prompts(ids[start : start + args.batch_size], pad_id=0)
+        out = continued(batch.to(device), padding=padding.to(device))
+        for row in out[:, batch.shape[1] :].tolist():  # the new tokens of each
+            end = row.index(eos_id) if eos_id in row else len(row)
+            texts.append(tokenizer.decode(row[:end]))
+    pairs = list(zip(prompts, texts, strict=True))
+    if args.jsonl:
+        for prompt, text in pairs:
+            print(json.dumps({"prompt": prompt, "text": text}, ensure_ascii=False))
+    else:  # a blank line between two texts
+        print("\n\n".join(prompt + text for prompt, text in pairs))
