@@ -59,6 +59,7 @@ def pytest_runtest_call(item: pytest.Item):
 # under `pytest -n` a worker waits for them.
 PAGE_NEEDS = {
     "appendix-d-training-loop.md": ["07-pretraining.md"],
+    "appendix-f-quantization.md": ["07-pretraining.md"],
     "appendix-e-lora.md": [
         "08-finetuning-classification.md",
         "09-finetuning-instructions.md",

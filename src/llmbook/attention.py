@@ -2,6 +2,7 @@
 #   docs/05-attention.md
 #   docs/10-modern-llm.md
 #   docs/appendix-c-making-it-fast.md
+#   docs/appendix-f-quantization.md
 # Do not edit it: edit those chapters, then run `python tools/tangle.py`.
 
 """Self-attention: one causal head, stacked heads, multi-head with SDPA (chapter 5)."""
@@ -39,6 +40,15 @@ def check_attention_input(
             f"attention got a {x.dtype} input, but its weights are {dtype}; convert "
             f"the input with x.to({dtype}), or the module with .to(...)"
         )
+
+
+def input_dtype(layer: nn.Module) -> torch.dtype | None:
+    """The dtype of input `layer` takes: its weight's, or None (any floating type)
+    for a layer that converts its input itself, as appendix F's quantized ones do."""
+    if getattr(layer, "converts_input", False):
+        return None
+    weight = layer.weight
+    return weight.dtype if isinstance(weight, torch.Tensor) else None
 
 
 class CausalAttention(nn.Module):
@@ -143,7 +153,7 @@ class MultiHeadAttention(nn.Module):
         self, x: torch.Tensor, cache: "LayerCache | None" = None
     ) -> torch.Tensor:
         check_attention_input(
-            x, self.d_in, self.context_length, self.W_query.weight.dtype
+            x, self.d_in, self.context_length, input_dtype(self.W_query)
         )
         b, num_tokens, _ = x.shape
         queries = self.split_heads(self.W_query(x))  # (B, H, T, hd)
@@ -154,18 +164,24 @@ class MultiHeadAttention(nn.Module):
             start = cache.length
             keys, values = cache.append(keys, values)  # (B, H, start + T, hd)
         future = self.mask[start : start + num_tokens, : start + num_tokens]
+        allowed = None  # True where a query may attend: needed only after a start
+        if start > 0 and num_tokens > 1:  # one new token may see all that is read
+            allowed = ~future
+        if cache is not None and cache.padding is not None:  # appendix F's batches
+            allowed = unpadded(~future, cache.padding)  # (B, 1, T, start + T)
         if self.use_sdpa:
             context = nn.functional.scaled_dot_product_attention(
                 queries,
                 keys,
                 values,
-                attn_mask=None if start == 0 else ~future,  # True: may attend
+                attn_mask=allowed,
                 dropout_p=self.dropout_p if self.training else 0.0,
-                is_causal=start == 0,
+                is_causal=start == 0 and allowed is None,
             )  # (B, H, T, hd)
         else:
             scores = queries @ keys.transpose(2, 3)  # (B, H, T, start + T)
-            scores = scores.masked_fill(future, float("-inf"))
+            hidden = future if allowed is None else ~allowed
+            scores = scores.masked_fill(hidden, float("-inf"))
             weights = torch.softmax(scores / math.sqrt(self.head_dim), dim=-1)
             context = self.dropout(weights) @ values  # (B, H, T, hd)
         context = context.transpose(1, 2).contiguous()  # (B, T, H, hd)
@@ -200,7 +216,9 @@ def apply_rope(
 ) -> torch.Tensor:
     """Rotate the pairs (i, i + head_dim / 2) of `x` (B, H, T, head_dim) by
     positions[t] * freqs[i]; `positions` (T,) are the tokens' places in the text."""
-    angles = positions.float()[:, None] * freqs[None, :]  # (T, head_dim / 2)
+    angles = positions.float()[..., None] * freqs  # (T, head_dim / 2)
+    if angles.dim() == 3:  # a position for each row (appendix F): (B, 1, T, hd / 2)
+        angles = angles[:, None]
     cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     first, second = x.chunk(2, dim=-1)  # (B, H, T, head_dim / 2) each
     return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
@@ -261,7 +279,7 @@ class GroupedQueryAttention(nn.Module):
         self, x: torch.Tensor, cache: "LayerCache | None" = None
     ) -> torch.Tensor:
         check_attention_input(
-            x, self.d_in, self.context_length, self.W_query.weight.dtype
+            x, self.d_in, self.context_length, input_dtype(self.W_query)
         )
         b, num_tokens, _ = x.shape
         queries = self.split_heads(self.W_query(x), self.num_heads)  # (B, H, T, hd)
@@ -270,8 +288,11 @@ class GroupedQueryAttention(nn.Module):
         if self.q_norm is not None and self.k_norm is not None:
             queries, keys = self.q_norm(queries), self.k_norm(keys)
         start = 0 if cache is None else cache.length  # x's first position
+        padding = None if cache is None else cache.padding  # appendix F's batches
         if self.freqs is not None:
             positions = torch.arange(start, start + num_tokens, device=x.device)
+            if padding is not None:
+                positions = padded_positions(start, num_tokens, padding)  # (B, T)
             if self.freqs.device != x.device:
                 self.freqs = self.freqs.to(x.device)
             queries = apply_rope(queries, positions, self.freqs)
@@ -279,10 +300,12 @@ class GroupedQueryAttention(nn.Module):
         if cache is not None:  # appendix C's cache, holding the G key/value heads
             keys, values = cache.append(keys, values)  # (B, G, start + T, hd)
         allowed = None  # True where a query may attend: needed only after a start
-        if start > 0 and num_tokens > 1:
+        if (start > 0 and num_tokens > 1) or padding is not None:
             query_pos = torch.arange(start, start + num_tokens, device=x.device)
             key_pos = torch.arange(start + num_tokens, device=x.device)
             allowed = key_pos[None, :] <= query_pos[:, None]  # (T, start + T)
+            if padding is not None:
+                allowed = unpadded(allowed, padding)  # (B, 1, T, start + T)
         if self.use_sdpa:
             context = nn.functional.scaled_dot_product_attention(
                 queries,
@@ -290,14 +313,14 @@ class GroupedQueryAttention(nn.Module):
                 values,
                 attn_mask=allowed,
                 dropout_p=self.dropout_p if self.training else 0.0,
-                is_causal=start == 0 and num_tokens > 1,
+                is_causal=allowed is None and start == 0 and num_tokens > 1,
                 enable_gqa=self.group > 1,
             )  # (B, H, T, hd)
         else:
             keys = keys.repeat_interleave(self.group, dim=1)  # (B, H, start + T, hd)
             values = values.repeat_interleave(self.group, dim=1)
             scores = queries @ keys.transpose(2, 3)  # (B, H, T, start + T)
-            if start == 0:
+            if allowed is None and start == 0:
                 ones = torch.ones(num_tokens, num_tokens, dtype=torch.bool)
                 allowed = ~torch.triu(ones, diagonal=1).to(x.device)
             if allowed is not None:
@@ -323,6 +346,7 @@ class LayerCache:
         self.length = 0  # positions filled
         self.keys: torch.Tensor | None = None  # allocated by the first append
         self.values: torch.Tensor | None = None
+        self.padding: torch.Tensor | None = None  # (B,): appendix F's left padding
 
     def check(self, batch_size: int, num_tokens: int) -> None:
         """Raise unless `num_tokens` more tokens of a batch of `batch_size` fit."""
@@ -360,3 +384,24 @@ class LayerCache:
         self.values[:, :, self.length : end] = values
         self.length = end
         return self.keys[:, :, :end], self.values[:, :, :end]  # views, not copies
+
+
+def padded_positions(
+    start: int, num_tokens: int, padding: torch.Tensor
+) -> torch.Tensor:
+    """The positions (B, T) of places start ... start + T - 1 in rows whose first
+    `padding[b]` places are padding: a row's first real token is at position 0."""
+    places = torch.arange(start, start + num_tokens, device=padding.device)  # (T,)
+    return (places[None, :] - padding[:, None]).clamp(min=0)  # (B, T)
+
+
+def unpadded(allowed: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+    """The causal mask `allowed` (T, S) of the last T of S places (True: may
+    attend) for each row (B, 1, T, S): no query attends to a padding place, but a
+    padding query attends to itself, so that no row of the softmax is empty."""
+    num_tokens, seen = allowed.shape
+    keys = torch.arange(seen, device=allowed.device)  # (S,)
+    queries = keys[seen - num_tokens :]  # (T,)
+    real = keys[None, :] >= padding[:, None]  # (B, S): not padding
+    itself = keys[None, :] == queries[:, None]  # (T, S)
+    return ((allowed & real[:, None, :]) | itself)[:, None]  # (B, 1, T, S)

@@ -15,7 +15,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from llmbook.attention import GroupedQueryAttention, LayerCache, MultiHeadAttention
+from llmbook.attention import (
+    GroupedQueryAttention,
+    LayerCache,
+    MultiHeadAttention,
+    padded_positions,
+)
 from llmbook.data import check_id_dtype, is_integer
 
 
@@ -269,6 +274,9 @@ class GPTModel(nn.Module):
             cache.check(self, idx)
             start = cache.length
         positions = torch.arange(start, start + num_tokens, device=idx.device)
+        padding = None if cache is None else cache.layers[0].padding  # appendix F
+        if padding is not None:  # rows of different lengths, padded on the left
+            positions = padded_positions(start, num_tokens, padding)  # (B, T)
         x = tok_embeds  # (B, T, emb_dim)
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions)
@@ -435,7 +443,7 @@ class KVCache:
     (4, True)
     """
 
-    def __init__(self, model: "GPTModel", batch_size: int, capacity: int | None = None):
+    def __init__(self, model: "GPTModel", batch_size: int, capacity=None, padding=None):
         limit = model.cfg.context_length
         capacity = limit if capacity is None else capacity
         for name, value in [("batch_size", batch_size), ("capacity", capacity)]:
@@ -448,16 +456,21 @@ class KVCache:
             )
         self.model, self.batch_size, self.capacity = model, batch_size, capacity
         self.layers = [LayerCache(batch_size, capacity) for _ in model.trf_blocks]
+        self.row_padding = padding  # (B,): each row's left padding (appendix F)
+        self.reset()
 
     @property
     def length(self) -> int:
         """How many positions the cache holds: where the next token goes."""
         return self.layers[0].length
 
-    def reset(self) -> None:
-        """Forget every token (the memory is kept for the next ones)."""
+    def reset(self, cut: int = 0) -> None:
+        """Forget every token (the memory is kept for the next ones); the next
+        ones start `cut` places further into the rows."""
         for layer in self.layers:
-            layer.length = 0
+            layer.length, layer.padding = 0, self.row_padding
+            if self.row_padding is not None:  # the places cut come first
+                layer.padding = (self.row_padding - cut).clamp(min=0)
 
     def check(self, model: "GPTModel", idx: torch.Tensor) -> None:
         """Raise unless `model` made this cache and `idx` (B, T) fits into it."""
@@ -476,7 +489,7 @@ class KVCache:
         on its last `capacity` tokens, which is what a model without a cache sees.
         """
         if idx.shape[1] > self.capacity:
-            self.reset()
+            self.reset(cut=idx.shape[1] - self.capacity)
             idx = idx[:, -self.capacity :]
         if idx.shape[1] <= self.length:
             raise ValueError(
