@@ -7,7 +7,8 @@ Encodes the first --kilobytes KB of a data file of the book with:
   - the original book's from-scratch BPE, written here as that book describes it:
     GPT-2's pre-tokenizer, then, for each word, again and again, the adjacent pair of
     lowest rank is found by scanning all pairs and merged (every occurrence of it),
-    until no adjacent pair is in the merges table; nothing is cached;
+    until no adjacent pair is in the merges table; nothing is cached; and the same
+    with the original's shortcut: a word that is a token already is looked up first;
   - chapter 3's naive encoder: the same pre-tokenizer, then `naive_merge` on each
     pre-token; nothing is cached either;
   - BPETokenizer.gpt2().encode_ordinary, with its pre-token cache emptied before
@@ -38,12 +39,20 @@ GPT2_WORDS = regex.compile(GPT2_PATTERN)
 
 
 def original_book_encode(
-    text: str, merge_ranks: dict[tuple[bytes, bytes], int], ids: dict[bytes, int]
+    text: str,
+    merge_ranks: dict[tuple[bytes, bytes], int],
+    ids: dict[bytes, int],
+    whole_words: bool = False,
 ) -> list[int]:
     """The original book's algorithm, in this book's own code: per word, scan every
-    adjacent pair for the one of lowest rank and merge it, until none is a merge."""
+    adjacent pair for the one of lowest rank and merge it, until none is a merge.
+    With `whole_words`, a word that is a token already is looked up first, as the
+    original book's encoder does before it merges."""
     out: list[int] = []
     for word in GPT2_WORDS.findall(text):
+        if whole_words and word.encode("utf-8") in ids:
+            out.append(ids[word.encode("utf-8")])
+            continue
         symbols = [bytes([b]) for b in word.encode("utf-8")]
         while len(symbols) > 1:
             pairs = list(pairwise(symbols))
@@ -108,6 +117,9 @@ def main() -> None:
     encoders: dict[str, Callable[[], list[int]]] = {
         "original book's algorithm": lambda: original_book_encode(
             text, merge_ranks, ranks
+        ),
+        "the same, whole words looked up first": lambda: original_book_encode(
+            text, merge_ranks, ranks, whole_words=True
         ),
         "chapter 3's naive_merge per pre-token": lambda: naive_encode(text, ranks),
         "BPETokenizer.gpt2(), cache empty": cold,

@@ -105,7 +105,7 @@ def main() -> None:
             f"a prompt of {max(args.prompt_tokens)} tokens and {args.new_tokens} new "
             f"ones exceed the context of {cfg.context_length}"
         )
-    ours = {"KV cache, float32": model}
+    ours: dict[str, torch.nn.Module] = {"KV cache, float32": model}
     for dtype in ["bfloat16", "int8"]:  # the same weights, quantized
         ours[f"KV cache, {dtype}"] = quantize(copy.deepcopy(model), dtype)
     theirs = {} if args.no_transformers else transformers_models(model, args.device)
@@ -142,7 +142,7 @@ def main() -> None:
         for length in args.prompt_tokens:
             ids, padding, mask = prompts(batch, length, cfg.vocab_size, seed=length)
             ids, padding, mask = (t.to(args.device) for t in (ids, padding, mask))
-            rows = []
+            rows: list[tuple[str, torch.nn.Module | None, functools.partial]] = []
             if batch == 1 and length == min(args.prompt_tokens):
                 call = functools.partial(
                     generate, model, ids, args.new_tokens, cfg.context_length,
@@ -166,7 +166,7 @@ def main() -> None:
             reference = results["KV cache, float32"][0][:, length:]
             base = batch * args.new_tokens / results["KV cache, float32"][1]
             plain = results.get("plain loop, float32")
-            for name, m, _ in rows:
+            for name, way, _ in rows:
                 out, seconds = results[name]
                 rate = batch * args.new_tokens / seconds
                 per_batch[name, batch] = max(per_batch.get((name, batch), 0), rate)
@@ -174,8 +174,8 @@ def main() -> None:
                 if plain is not None:
                     vs_plain = f"{rate / (batch * args.new_tokens / plain[1]):.1f}x"
                 step = seconds / args.new_tokens
-                needed = weight_bytes(m if m is not None else model) / speed
-                if name.endswith("bfloat16") and m is None:
+                needed = weight_bytes(way if way is not None else model) / speed
+                if name.endswith("bfloat16") and way is None:
                     needed /= 2  # transformers' bfloat16: two bytes a weight
                 same = (out[:, length:] == reference).float().mean().item()
                 print(

@@ -80,13 +80,17 @@ def test_quantize_replaces_every_linear_and_keeps_the_logits(dtype, preset):
 
 
 def test_a_tied_head_and_its_embedding_keep_one_table():
-    model = quantize(fresh("debug", tie_weights=True), "int8")
-    head = model.out_head
-    assert isinstance(head, QuantizedLinear)
-    assert model.tok_emb.weight.data_ptr() == head.weight.data_ptr()
-    untied = quantize(fresh("debug", tie_weights=False), "int8")
-    assert untied.tok_emb.weight.data_ptr() != untied.out_head.weight.data_ptr()
-    assert untied.tok_emb.weight.dtype == torch.int8
+    def tables(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding, head = model.tok_emb, model.out_head
+        assert isinstance(embedding, QuantizedEmbedding)
+        assert isinstance(head, QuantizedLinear)
+        return embedding.weight, head.weight
+
+    embedding, head = tables(quantize(fresh("debug", tie_weights=True), "int8"))
+    assert embedding.data_ptr() == head.data_ptr()
+    embedding, head = tables(quantize(fresh("debug", tie_weights=False), "int8"))
+    assert embedding.data_ptr() != head.data_ptr()
+    assert embedding.dtype == head.dtype == torch.int8
 
 
 def test_weight_bytes_count_what_a_step_reads():
