@@ -22,11 +22,12 @@ In a batch, row i of the prompt is i tokens shorter than the first (left padding
 with `padding` for the book's `generate` and an attention mask for transformers'),
 so that the rows have different lengths as real prompts do. Every way is timed once
 after a short warm-up, the prompt's first pass included. The columns are tokens per
-second over all rows; the speed-up over the plain loop and over float32 with the
-cache; the share of the memory limit reached: a step must read every weight once
-(`weight_bytes`), so it takes at least that many bytes over the speed at which this
-machine reads memory (measured first, by summing a 1 GB tensor); and how many of
-the tokens are those of float32 with the cache.
+second over all rows (tok/s); the speed-up over the plain loop (×plain) and over
+float32 with the cache (×f32); the share of the memory limit reached (limit): a
+step must read every weight once (`weight_bytes`), so it takes at least that many
+bytes over the speed at which this machine reads memory (measured first, by summing
+a 1 GB tensor); and how many of the tokens are those of float32 with the cache
+(same).
 """
 
 import argparse
@@ -129,8 +130,8 @@ def main() -> None:
     for name, m in ours.items():
         print(f"  {name}: {weight_bytes(m) / 1e6:.0f} MB of weights read a step")
     print()
-    header = f"{'batch':>5} {'prompt':>6}  {'way':<24}{'tokens/s':>9}"
-    print(header + f"{'vs plain':>10}{'vs float32':>12}{'of limit':>10}  same tokens")
+    header = f"{'batch':>5} {'prompt':>6}  {'way':<22}{'tok/s':>8}{'×plain':>8}"
+    print(header + f"{'×f32':>7}{'limit':>7}{'same':>6}")
 
     warm = torch.randint(0, cfg.vocab_size, (1, 8), device=args.device)
     for m in ours.values():
@@ -172,15 +173,15 @@ def main() -> None:
                 per_batch[name, batch] = max(per_batch.get((name, batch), 0), rate)
                 vs_plain = ""
                 if plain is not None:
-                    vs_plain = f"{rate / (batch * args.new_tokens / plain[1]):.1f}x"
+                    vs_plain = f"{rate / (batch * args.new_tokens / plain[1]):.1f}"
                 step = seconds / args.new_tokens
                 needed = weight_bytes(way if way is not None else model) / speed
                 if name.endswith("bfloat16") and way is None:
                     needed /= 2  # transformers' bfloat16: two bytes a weight
                 same = (out[:, length:] == reference).float().mean().item()
                 print(
-                    f"{batch:>5} {length:>6}  {name:<24}{rate:>9.1f}{vs_plain:>10}"
-                    f"{rate / base:>11.2f}x{needed / step:>10.0%}  {same:.0%}"
+                    f"{batch:>5} {length:>6}  {name:<22}{rate:>8.1f}{vs_plain:>8}"
+                    f"{rate / base:>7.2f}{needed / step:>7.0%}{same:>6.0%}"
                 )
     if len(args.batch) > 1:
         small, large = min(args.batch), max(args.batch)
@@ -188,7 +189,7 @@ def main() -> None:
         for name in dict.fromkeys(name for name, _ in per_batch):
             if (name, small) in per_batch and (name, large) in per_batch:
                 ratio = per_batch[name, large] / per_batch[name, small]
-                print(f"  {name:<24}{ratio:>6.1f}x")
+                print(f"  {name:<22}{ratio:>6.1f}x")
 
 
 if __name__ == "__main__":
