@@ -86,8 +86,13 @@ def test_formulas_are_mathml_and_no_page_loads_anything_from_another_host(site):
     attention = (site / "05-attention" / "index.html").read_text()
     assert attention.count("<math ") >= 10
     assert "\\(" not in attention and "arithmatex" not in attention
+    lora = (site / "appendix-e-lora" / "index.html").read_text()
+    assert "<mn>12,288</mn>" in lora  # 12{,}288 is one number
     for page in site.rglob("*.html"):
         text = page.read_text(encoding="utf-8")
+        # Issue 39: a thousands separator `{,}` spaced as a comma: "12, 288".
+        spaced = re.search(r"<mo>&#x0002C;</mo></mrow><mn>\d{3}\b", text)
+        assert spaced is None, f"{page.relative_to(site)}: {spaced and spaced[0]}"
         for tag in re.findall(r"<(?:script|link|img)\b[^>]*>", text):
             if 'rel="canonical"' in tag:  # the page's address, not a download
                 continue

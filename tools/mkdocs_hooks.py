@@ -162,7 +162,16 @@ def mathml(tex: str, display: bool = False) -> str:
         message = f"cannot turn the formula {tex!r} into MathML: {error}"
         raise ValueError(message) from None
     alt = html.escape(tex, quote=True)
+    markup = THOUSANDS.sub(lambda m: m[0].replace(m["comma"], ","), markup)
+    markup = re.sub(r"</mn>,<mn>", ",", markup)  # 50{,}257: one number, 50,257
     return markup.replace("<math ", f'<math alttext="{alt}" ', 1)
+
+
+# A thousands separator written `{,}` in TeX, which the converter makes a comma
+# operator between two numbers, spaced like a list: "50, 257".
+THOUSANDS = re.compile(
+    r"</mn>(?P<comma><mrow><mo>&#x0002C;</mo></mrow>)(?=<mn>\d{3}</mn>)"
+)
 
 
 # The drawn width of each figure in CSS pixels, by its path in the site (on_files).
