@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
 import re
 import shutil
@@ -108,6 +109,14 @@ def test_the_search_index_splits_file_names():
     assert separator is not None
     words = [w for w in re.split(separator[1], "src/llmbook/tokenizer.py") if w]
     assert words == ["src", "llmbook", "tokenizer", "py"]
+
+
+def test_the_search_index_has_no_pilcrows(site):
+    """Issue 39: the exercises page's headings went into the index as "Exercises¶",
+    and the search box suggested "attention¶"."""
+    index = json.loads((site / "search" / "search_index.json").read_text())
+    titles = [doc["title"] for doc in index["docs"] if "¶" in doc["title"]]
+    assert titles == []
 
 
 # --- in the browser ------------------------------------------------------------
@@ -323,28 +332,36 @@ def test_menu_labels_are_the_page_headings(browser, served, site):
     assert checked >= 14
 
 
-def test_search_finds_attention_and_file_names(browser, served):
+def test_search_ranks_first_the_chapter_that_teaches_it(browser, served):
+    """Issue 39: "tokenizer.py" ranked appendix A and the notebooks page above the
+    chapters, and "attention" the exercises page above chapter 5."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     context, page, visit = _open(browser, served, served, DESKTOP)
     search = page.locator("input.md-search__input")  # in the header at this width
-    for query, page_name in [("attention", "05-attention"), ("tokenizer.py", "02-")]:
+    first = """name => {
+        const top = document.querySelector(".md-search-result__item a");
+        return top !== null && top.href.includes(name);
+    }"""
+    for query, page_name in [
+        ("tokenizer.py", "/02-tokenization/"),
+        ("attention", "/05-attention/"),
+        ("KV cache", "/appendix-c-making-it-fast/"),
+        ("LoRA", "/appendix-e-lora/"),
+    ]:
         search.fill("")
         # Typed key by key, as a reader types: the theme searches on each key's
         # release (and once its index is built, which takes a while on a busy machine).
         search.press_sequentially(query)
         try:
-            page.wait_for_function(
-                """name => [...document.querySelectorAll(".md-search-result__item a")]
-                  .some(a => a.href.includes(name))""",
-                arg=page_name,
-                timeout=120_000,
-            )
+            page.wait_for_function(first, arg=page_name, timeout=120_000)
+            page.wait_for_timeout(1000)  # the last key's results have replaced others
+            page.wait_for_function(first, arg=page_name, timeout=5_000)
         except PlaywrightTimeout:
             results = page.eval_on_selector_all(
                 ".md-search-result__item a", "links => links.map(a => a.href)"
             )
-            pytest.fail(f"searching {query!r} found no {page_name}: {results[:5]}")
+            pytest.fail(f"searching {query!r} ranks first {results[:3]}")
         page.keyboard.press("Escape")
     context.close()
     assert visit.problems == []

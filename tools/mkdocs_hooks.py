@@ -144,9 +144,24 @@ def notebook_table() -> str:
     return "\n".join(rows)
 
 
+# Search: a word is best found where it is taught. The pages that gather or repeat
+# what the chapters teach (the exercises, the notebooks, the command line) rank after
+# the chapters that teach it (the theme multiplies a page's score by its boost).
+SEARCH_BOOSTS = {
+    "02-tokenization.md": 5.0,  # where tokenizer.py begins, before chapter 10 grows it
+    "notebooks/exercises.ipynb": 0.2,
+    "notebooks.md": 0.2,
+    "using-the-library.md": 0.5,
+    "references.md": 0.5,
+}
+
+
 def on_page_markdown(markdown: str, page=None, **kwargs) -> str:
     if page is not None:
         markdown = notebook_links(markdown, page.file.src_uri)
+        boost = SEARCH_BOOSTS.get(page.file.src_uri)
+        if boost is not None:
+            page.meta.setdefault("search", {})["boost"] = boost
     table = re.compile(r"^<!--\s*notebook-table\s*-->$", re.M)
     markdown = table.sub(lambda m: notebook_table(), markdown)
     return titled_fences(markdown)
@@ -202,7 +217,12 @@ def on_page_content(content: str, **kwargs) -> str:
             return match[0]
         return f'<img style="--figure-width: {width:.0f}px" {match[0][5:]}'
 
+    content = NOTEBOOK_ANCHOR.sub("", content)  # its "¶" would be in the search index
     return FIGURE_IMG.sub(sized, MATH.sub(replace, content))
+
+
+# The "¶" link nbconvert puts in a notebook page's headings; the theme adds its own.
+NOTEBOOK_ANCHOR = re.compile(r'<a class="anchor-link" href="#[^"]*">¶</a>')
 
 
 # What nbconvert (under mkdocs-jupyter) puts on a notebook's page besides the cells: a
