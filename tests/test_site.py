@@ -78,7 +78,8 @@ def test_site_builds_strictly_without_warnings(site):
     # the chapter offers its notebook, which the site serves
     assert 'href="../notebooks/02-tokenization.ipynb"' in page
     assert "notebooks/02-tokenization.ipynb" in built
-    assert "notebooks/exercises/index.html" in built  # the notebook shown as a page
+    assert "exercises/index.html" in built  # made from the chapters at build time
+    assert "notebooks/exercises.ipynb" in built  # and a notebook to download
     sitemap = (site / "sitemap.xml").read_text()
     assert "<loc>https://" in sitemap and "/05-attention/</loc>" in sitemap
 
@@ -109,6 +110,26 @@ def test_the_search_index_splits_file_names():
     assert separator is not None
     words = [w for w in re.split(separator[1], "src/llmbook/tokenizer.py") if w]
     assert words == ["src", "llmbook", "tokenizer", "py"]
+
+
+def test_no_link_leaves_for_the_published_site(site):
+    """Issue 39: the exercises page linked its chapter headings, the notebooks page
+    and references to the published host, which an offline reader cannot reach."""
+    config = (ROOT / "mkdocs.yml").read_text()
+    host = re.escape(config.split("site_url: ")[1].split()[0])
+    for page in site.rglob("*.html"):
+        for tag in re.findall(rf'<[^>]*\bhref="{host}[^"]*"[^>]*>', page.read_text()):
+            assert 'rel="canonical"' in tag, f"{page.relative_to(site)}: {tag}"
+
+
+def test_the_exercises_page_folds_every_solution_and_offers_its_notebook(site):
+    page = (site / "exercises" / "index.html").read_text()
+    folded = re.findall(r'<details class="success"( open)?>', page)
+    assert len(folded) >= 40 and not any(folded), "a solution shows open"
+    assert re.search(r'<a [^>]*\bdownload href="../notebooks/exercises.ipynb"', page)
+    assert "colab.research.google.com/github/" in page and "exercises.ipynb" in page
+    for chapter in ["02-tokenization", "10-modern-llm", "appendix-f-quantization"]:
+        assert f'href="../{chapter}/"' in page  # each chapter's part links back
 
 
 def test_the_search_index_has_no_pilcrows(site):
@@ -372,7 +393,7 @@ def test_chapters_read_well_on_a_phone(browser, served, dark):
     """On a 390-pixel phone, light and dark: the page does not scroll sideways (wide
     code and figures scroll inside themselves), figures keep a readable size, and the
     copy button sits clear of the code's first line."""
-    for path in ["05-attention/", "07-pretraining/", "notebooks/exercises/"]:
+    for path in ["05-attention/", "07-pretraining/", "exercises/"]:
         context, page, visit = _open(browser, served + path, served, PHONE, dark)
         found = page.evaluate(
             """() => {

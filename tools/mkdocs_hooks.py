@@ -115,8 +115,9 @@ def notebook_links(markdown: str, page_path: str) -> str:
     name = Path(page_path).stem + ".ipynb"
     if not (ROOT / notebooks.OUT_DIR / name).is_file():
         return markdown
+    what = "them" if name == notebooks.EXERCISES else "this chapter"
     links = (
-        f"[:material-download: Download this chapter as a notebook]"
+        f"[:material-download: Download {what} as a notebook]"
         f"(notebooks/{name}){{ download .notebook-link }} "
         f"[:material-google: Open it in Colab]({notebooks.colab_url(name)})"
         "{ .notebook-link }"
@@ -147,9 +148,10 @@ def notebook_table() -> str:
 # Search: a word is best found where it is taught. The pages that gather or repeat
 # what the chapters teach (the exercises, the notebooks, the command line) rank after
 # the chapters that teach it (the theme multiplies a page's score by its boost).
+EXERCISES_PAGE = "exercises.md"  # made by exercises_page(), below
 SEARCH_BOOSTS = {
     "02-tokenization.md": 5.0,  # where tokenizer.py begins, before chapter 10 grows it
-    "notebooks/exercises.ipynb": 0.2,
+    EXERCISES_PAGE: 0.2,
     "notebooks.md": 0.2,
     "using-the-library.md": 0.5,
     "references.md": 0.5,
@@ -217,63 +219,36 @@ def on_page_content(content: str, **kwargs) -> str:
             return match[0]
         return f'<img style="--figure-width: {width:.0f}px" {match[0][5:]}'
 
-    content = NOTEBOOK_ANCHOR.sub("", content)  # its "¶" would be in the search index
     return FIGURE_IMG.sub(sized, MATH.sub(replace, content))
 
 
-# The "¶" link nbconvert puts in a notebook page's headings; the theme adds its own.
-NOTEBOOK_ANCHOR = re.compile(r'<a class="anchor-link" href="#[^"]*">¶</a>')
-
-
-# What nbconvert (under mkdocs-jupyter) puts on a notebook's page besides the cells: a
-# MathJax loader and a Mermaid loader that fetch from CDNs. Math is MathML here instead.
-NOTEBOOK_SCRIPTS = re.compile(
-    r"<!-- Load mathjax -->.*?<!-- End of mathjax configuration -->"
-    r'|<script type="module">(?:(?!</script>).)*?cdnjs\.cloudflare\.com.*?</script>',
-    re.S,
-)
-# Parts of an HTML page whose text is not prose: formulas are never looked for there.
-NOT_PROSE = re.compile(
-    r"(<(pre|code|script|style|math|textarea)\b.*?</\2>|<[^>]*>)", re.S | re.I
-)
-DOLLAR_MATH = re.compile(
-    r"\$\$(?P<display>[^$<]+?)\$\$"
-    r"|(?<![\\$\w])\$(?P<inline>[^\s$<](?:[^$<]*?[^\s$<\\])?)\$(?![\w$])"
-)
-
-
-def notebook_math(content: str) -> str:
-    """A rendered notebook's `$...$` formulas (nbconvert leaves them to MathJax) as
-    MathML, outside code, tags and scripts; and no script fetched from a CDN."""
-    content = NOTEBOOK_SCRIPTS.sub("", content)
-
-    def formulas(text: str) -> str:
-        def replace(match: re.Match) -> str:
-            if match["display"] is not None:
-                return mathml(html.unescape(match["display"]).strip(), display=True)
-            return mathml(html.unescape(match["inline"]))
-
-        return DOLLAR_MATH.sub(replace, text)
-
-    parts = NOT_PROSE.split(content)
-    # split() returns text, then the two groups of each match; only text is prose
-    out = []
-    for index, part in enumerate(parts):
-        kind = index % 3
-        if kind == 0:
-            out.append(formulas(part))
-        elif kind == 1:
-            out.append(part)
-    return "".join(out)
-
-
-def on_post_page(output: str, page=None, **kwargs) -> str:
-    if page is not None and page.file.src_uri.endswith(".ipynb"):
-        return notebook_math(output)
-    return output
+def exercises_page() -> str:
+    """The Markdown of the site's page of all exercises, made at build time from the
+    chapters' Exercises sections: the same text, its solutions folded as they are in
+    the chapters, and links within the site. (The notebook of them is a download.)"""
+    parts = [
+        "# Exercises\n",
+        "The exercises of every chapter on one page, each with the solution that the "
+        "book's tests check, folded: try first. Each builds on its chapter's library "
+        "code; a few read files that a chapter writes, as their text says. The same "
+        "exercises are a notebook, to download or to open in Colab (above).\n",
+    ]
+    for page in notebooks.chapter_pages():
+        markdown = page.read_text(encoding="utf-8")
+        start = re.search(r"^## Exercises\s*$", markdown, re.M)
+        if start is None:
+            continue
+        section = markdown[start.end() :]
+        following = re.search(r"^## ", section, re.M)
+        if following:
+            section = section[: following.start()]
+        title = notebooks._title(markdown)
+        parts.append(f"## {title}\n\nFrom [{title}]({page.name}).\n{section}")
+    return "\n".join(parts)
 
 
 def on_files(files: Files, config, **kwargs) -> Files:
+    files.append(File.generated(config, EXERCISES_PAGE, content=exercises_page()))
     for page in list(files.documentation_pages()):
         text = page.content_string
         blocks = figures.page_figures(text)

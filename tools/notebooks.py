@@ -14,8 +14,9 @@ Each chapter in docs/ that has Python snippets becomes docs/notebooks/<chapter>.
 - a setup cell after the title installs the `llmbook` package where it is missing
   (Colab, a fresh Jupyter) and fetches the story the chapters read.
 
-docs/notebooks/exercises.ipynb collects the exercises of every chapter; the site shows
-it as a page (mkdocs-jupyter). The notebooks are committed, so that Colab can open them
+docs/notebooks/exercises.ipynb collects the exercises of every chapter (the site's
+Exercises page, made by tools/mkdocs_hooks.py, shows the same). The notebooks are
+committed, so that Colab can open them
 from the repository, and like src/ they must not drift from the chapters:
 
     python tools/notebooks.py           write docs/notebooks/ from the chapters

@@ -76,7 +76,11 @@ def nav_chapters(root: Path) -> list[Path]:
             pages += NAV_PAGE.findall(line.split("#", 1)[0])
     if not pages:
         raise TangleError(f"{config} has no pages under 'nav:'")
-    return [root / "docs" / page for page in pages]
+    return [root / "docs" / page for page in pages if page not in MADE_AT_BUILD]
+
+
+# Pages of the nav that the site's hooks make from the chapters when it is built.
+MADE_AT_BUILD = {"exercises.md"}
 
 
 def check_target(target: str, where: str) -> str:
