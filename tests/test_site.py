@@ -251,7 +251,35 @@ CHECK_PAGE = """() => {
       ".md-typeset pre > code, .jp-InputArea-editor pre")]
     .filter(code => code.scrollWidth > code.clientWidth + 1)
     .map(code => code.textContent.split("\\n")[0]);
-  return {broken, links, ids, text: article.innerText, scrolling,
+  // Issue 39: a copy button over the end of a block's first line. (Material 9.8
+  // names the button md-code__button; older versions, md-clipboard.)
+  const COPY = ".md-clipboard, .md-code__button";
+  const covered = [...document.querySelectorAll(".md-typeset pre")]
+    .filter(pre => pre.querySelector(COPY) && pre.querySelector("code"))
+    .filter(pre => {
+      const code = pre.querySelector("code");
+      const button = pre.querySelector(COPY).getBoundingClientRect();
+      const range = document.createRange();
+      range.selectNodeContents(code);
+      const walker = document.createTreeWalker(code, NodeFilter.SHOW_TEXT);
+      for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+        const end = node.textContent.indexOf("\\n");
+        if (end >= 0) { range.setEnd(node, end); break; }
+      }
+      return [...range.getClientRects()].some(r =>
+        r.width > 0 && button.left < r.right && button.right > r.left &&
+        button.top < r.bottom && button.bottom > r.top);
+    })
+    .map(pre => pre.querySelector("code").textContent.split("\\n")[0]);
+  // Issue 39: a figure wider than the column must open alone when tapped.
+  const column = article.getBoundingClientRect().width;
+  const unreachable = [...document.querySelectorAll(".md-typeset img")]
+    .filter(img => img.getBoundingClientRect().width > column + 1)
+    .filter(img => !img.closest("a[href]") ||
+                   !img.closest("a[href]").href.endsWith(img.getAttribute("src")
+                     .split("/").pop()))
+    .map(img => img.getAttribute("src"));
+  return {broken, links, ids, text: article.innerText, scrolling, covered, unreachable,
           h1: (document.querySelector("article h1") || {}).textContent || ""};
 }"""
 
@@ -303,6 +331,9 @@ def test_every_page_loads_cleanly_in_chromium(browser, served, site):
             problems += [f"{where}: broken image {src}" for src in found["broken"]]
             problems += [
                 f"{where}: code scrolls: {line}" for line in found["scrolling"]
+            ]
+            problems += [
+                f"{where}: the copy button covers {line!r}" for line in found["covered"]
             ]
             tex = RAW_TEX.search(found["text"])
             if tex:
@@ -388,6 +419,27 @@ def test_search_ranks_first_the_chapter_that_teaches_it(browser, served):
     assert visit.problems == []
 
 
+def test_every_figure_can_be_seen_whole_on_a_phone(browser, served, site):
+    """Issue 39: 18 of 21 figures were wider than a phone's column, cut at its
+    right edge with no hint. One wider than the column must open alone on a tap."""
+    paths = [p for p in _pages(site) if "figures/" in _html(site, p)]
+    assert len(paths) >= 8
+    context = browser.new_context(viewport=PHONE)
+    try:
+        for path in paths:
+            page = context.new_page()
+            page.goto(served + path, wait_until="load")
+            found = page.evaluate(CHECK_PAGE)
+            page.close()
+            assert found["unreachable"] == [], path
+    finally:
+        context.close()
+
+
+def _html(site: Path, path: str) -> str:
+    return (site / path / "index.html").read_text(encoding="utf-8")
+
+
 @pytest.mark.parametrize("dark", [False, True], ids=["light", "dark"])
 def test_chapters_read_well_on_a_phone(browser, served, dark):
     """On a 390-pixel phone, light and dark: the page does not scroll sideways (wide
@@ -402,9 +454,9 @@ def test_chapters_read_well_on_a_phone(browser, served, dark):
                 .map(img => [img.getAttribute("src"),
                              img.getBoundingClientRect().width / img.naturalWidth]);
               const overlaps = [...document.querySelectorAll(".md-typeset pre")]
-                .filter(pre => pre.querySelector(".md-clipboard"))
+                .filter(pre => pre.querySelector(".md-clipboard, .md-code__button"))
                 .filter(pre => {
-                  const button = pre.querySelector(".md-clipboard")
+                  const button = pre.querySelector(".md-clipboard, .md-code__button")
                     .getBoundingClientRect();
                   const code = pre.querySelector("code").getBoundingClientRect();
                   const style = getComputedStyle(pre.querySelector("code"));
