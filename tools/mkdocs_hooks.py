@@ -36,7 +36,7 @@ CONTINUED = "Continues the code above, in the same session"
 
 # What pymdownx.arithmatex (generic mode) leaves of a formula in the page's HTML.
 MATH = re.compile(
-    r'<span class="arithmatex">\\\((?P<inline>.*?)\\\)</span>'
+    r'<span class="arithmatex">\\\((?P<inline>.*?)\\\)</span>(?P<after>[.,;:!?)]*)'
     r'|<div class="arithmatex">\\\[(?P<display>.*?)\\\]</div>',
     re.S,
 )
@@ -210,9 +210,14 @@ def svg_width(svg: bytes) -> float | None:
 
 def on_page_content(content: str, **kwargs) -> str:
     def replace(match: re.Match) -> str:
-        if match["display"] is not None:
-            return mathml(html.unescape(match["display"]).strip(), display=True)
-        return mathml(html.unescape(match["inline"]).strip())
+        if match["display"] is not None:  # in a box that scrolls on a narrow screen
+            block = mathml(html.unescape(match["display"]).strip(), display=True)
+            return f'<div class="math-display">{block}</div>'
+        formula = mathml(html.unescape(match["inline"]).strip())
+        if not match["after"]:
+            return formula
+        # The punctuation after a formula stays on its line (issue 39).
+        return f'<span class="nowrap">{formula}{match["after"]}</span>'
 
     def sized(match: re.Match) -> str:
         """The figure with its drawn width, for the phone CSS, in a link to itself:
