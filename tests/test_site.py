@@ -132,6 +132,17 @@ def test_the_exercises_page_folds_every_solution_and_offers_its_notebook(site):
         assert f'href="../{chapter}/"' in page  # each chapter's part links back
 
 
+def test_a_reader_finds_the_way_in_and_back(site):
+    """Issue 39: the home page had no way to start reading, the 404 page no way
+    home, and the footer named no licence."""
+    home = (site / "index.html").read_text()
+    assert '<a class="md-button md-button--primary" href="01-introduction/">' in home
+    missing = (site / "404.html").read_text()
+    assert re.search(r'<a href="/[\w/-]*/" class="md-button', missing)
+    assert "search" in missing.split("<article", 1)[-1].lower()
+    assert "Apache License 2.0" in home
+
+
 def test_the_search_index_has_no_pilcrows(site):
     """Issue 39: the exercises page's headings went into the index as "Exercises¶",
     and the search box suggested "attention¶"."""
