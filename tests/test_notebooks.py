@@ -18,7 +18,7 @@ PAGE = """\
 # 9. A chapter
 
 Some prose with a [link](05-attention.md#masks), a [reference](references.md#x) and a
-figure ![plot](figures/plot.svg).
+figure ![plot](figures/gelu-relu.svg).
 
 ## 9.1 Code
 
@@ -81,7 +81,9 @@ def test_a_page_becomes_prose_cells_and_code_cells_with_their_outputs():
     site = notebooks.site_url()
     assert f"]({site}05-attention/#masks)" in cells[0].source
     assert f"]({site}references/#x)" in cells[0].source
-    assert f"]({site}figures/plot.svg)" in cells[0].source
+    # a figure that no cell of this page draws travels inside the notebook
+    assert "](attachment:gelu-relu.svg)" in cells[0].source
+    assert cells[0].attachments["gelu-relu.svg"].startswith("<?xml")
     library, first, second, gpu, solution = _code(cells)
     assert library.source.startswith("# Library code: src/llmbook/thing.py\n")
     assert library.tags == ["library"] and library.output is None
@@ -94,6 +96,28 @@ def test_a_page_becomes_prose_cells_and_code_cells_with_their_outputs():
     assert "$ llmbook --help" in prose  # commands stay text
     assert "**Solution**" in prose and "???" not in prose and "<!--" not in prose
     assert "### Exercise 9.1: Double" in prose
+
+
+def test_figures_are_in_the_notebooks_not_on_the_site():
+    """Issue 39: the notebooks' figures were images on the published site (blank
+    offline), chapter 1's notebook had no outputs, and its figure cells printed a
+    stray `Text(7.0, 1.8, ...)` in Jupyter."""
+    made = notebooks.render()
+    shown = 0
+    for name, text in made.items():
+        nb = json.loads(text)
+        for cell in nb["cells"]:
+            source = "".join(cell["source"])
+            if cell["cell_type"] == "markdown":
+                assert "figures/" not in source, (name, source[:80])
+            elif "figure" in cell["metadata"].get("tags", []):
+                assert source.endswith("\nplt.show()"), name
+                kinds = [output["output_type"] for output in cell["outputs"]]
+                assert kinds[-1] == "display_data", name
+                shown += 1
+    assert shown >= 20
+    intro = json.loads(made["01-introduction.ipynb"])
+    assert any(cell.get("outputs") for cell in intro["cells"])
 
 
 def test_notebooks_match_the_chapters():

@@ -2,8 +2,10 @@
 
 Each chapter in docs/ that has Python snippets becomes docs/notebooks/<chapter>.ipynb:
 
-- the prose becomes Markdown cells, one per section, with links to other pages and
-  figures pointing at the published site (the notebook has no site beside it);
+- the prose becomes Markdown cells, one per section, with links to other pages
+  pointing at the published site (the notebook has no site beside it); the figures
+  travel inside the notebook: a figure block's cell has the committed figure as its
+  output (and ends with plt.show()), and any other figure is a cell attachment;
 - each ```python snippet becomes a code cell, and the output the page shows for it
   (checked by the tests) becomes the cell's output, so an unrun notebook reads like
   the page; a chain of `cont` blocks prints into its last cell, as on the page;
@@ -50,7 +52,7 @@ ADMONITION = re.compile(
 )
 HEADING = re.compile(r"^#{1,6} ")
 # A relative link or image in Markdown: ](target) with no scheme.
-LINK = re.compile(r"\]\((?!https?:|mailto:|#)(?P<target>[^)\s]+)\)")
+LINK = re.compile(r"\]\((?!https?:|mailto:|attachment:|#)(?P<target>[^)\s]+)\)")
 GPU_NOTE = "# Needs a CUDA GPU; a cell beside it runs the same code on a CPU, smaller."
 
 
@@ -115,6 +117,8 @@ class Cell:
     tags: list[str] = field(default_factory=list)
     output: str | None = None  # what the page shows the cell (or its chain) print
     hidden: bool = False
+    figure: str | None = None  # the figure a figure cell draws: "figures/NAME.svg"
+    attachments: dict[str, str] = field(default_factory=dict)  # name: SVG text
 
 
 def flatten(markdown: str) -> list[Line]:
@@ -159,17 +163,41 @@ def _absolute_links(text: str) -> str:
     return LINK.sub(replace, text)
 
 
+# A figure block's marker, and an image of a figure in the prose.
+FIGURE_MARKER = re.compile(r"<!--figure: (?P<path>\S+)\s*-->")
+FIGURE_IMAGE = re.compile(r"!\[[^\]]*\]\((?P<path>figures/[\w.-]+\.svg)\)(\{[^}]*\})?")
+
+
+def _figure_images(text: str, drawn: set[str]) -> tuple[str, dict[str, str]]:
+    """The prose without the figures that a cell of the notebook draws (its output
+    shows them) and with every other figure attached to the cell, so that a
+    notebook shows them with no site beside it: the text and its attachments."""
+    attachments: dict[str, str] = {}
+
+    def replace(match: re.Match) -> str:
+        if match["path"] in drawn:
+            return ""
+        name = Path(match["path"]).name
+        attachments[name] = (DOCS / match["path"]).read_text(encoding="utf-8")
+        return match[0].split("](")[0] + f"](attachment:{name})"
+
+    return FIGURE_IMAGE.sub(replace, text), attachments
+
+
 def cells_of(markdown: str, where: str) -> list[Cell]:
     """The notebook cells of one page, in order."""
     lines = flatten(markdown)
     cells: list[Cell] = []
     prose: list[str] = []
     last_code: Cell | None = None
+    drawn = {m["path"] for m in FIGURE_MARKER.finditer(markdown)}
 
     def flush() -> None:
-        text = "\n".join(prose).strip("\n")
+        text, attachments = _figure_images("\n".join(prose), drawn)
+        text = text.strip("\n")
         if text.strip():
-            cells.append(Cell("markdown", _absolute_links(text)))
+            cell = Cell("markdown", _absolute_links(text), attachments=attachments)
+            cells.append(cell)
         prose.clear()
 
     fences = {
@@ -199,7 +227,7 @@ def cells_of(markdown: str, where: str) -> list[Cell]:
         elif block.info.strip() == "python":
             flush()
             source = block.code
-            tags = []
+            tags, figure = [], None
             for m in markers:
                 if m.startswith("tangle:"):
                     target = m.removeprefix("tangle:").strip()
@@ -207,6 +235,9 @@ def cells_of(markdown: str, where: str) -> list[Cell]:
                     tags.append("library")
                 elif m.startswith("figure:"):
                     tags.append("figure")
+                    figure = m.removeprefix("figure:").strip()
+                    if "import matplotlib.pyplot as plt" in source:
+                        source = source.rstrip("\n") + "\nplt.show()"  # not a Text(...)
             if block.needs_gpu:
                 source = f"{GPU_NOTE}\n{source}"
                 tags.append("gpu")
@@ -215,7 +246,7 @@ def cells_of(markdown: str, where: str) -> list[Cell]:
             solution = line.box == "Solution"
             if solution:
                 tags.append("solution")
-            last_code = Cell("code", source, tags, hidden=solution)
+            last_code = Cell("code", source, tags, hidden=solution, figure=figure)
             cells.append(last_code)
         else:  # commands and other text the page shows as it is
             prose.extend(line.text for line in lines[i : end + 1])
@@ -294,6 +325,11 @@ def notebook(cells: list[Cell]) -> dict:
             data["metadata"]["tags"] = cell.tags
         if cell.hidden:
             data["metadata"]["jupyter"] = {"source_hidden": True}
+        if cell.attachments:
+            data["attachments"] = {
+                name: {"image/svg+xml": svg.splitlines(keepends=True)}
+                for name, svg in cell.attachments.items()
+            }
         if cell.kind == "code":
             data["execution_count"] = None
             data["outputs"] = []
@@ -304,6 +340,18 @@ def notebook(cells: list[Cell]) -> dict:
                         "name": "stdout",
                         "output_type": "stream",
                         "text": text.splitlines(keepends=True),
+                    }
+                )
+            if cell.figure is not None:  # the figure as the book drew it
+                svg = (DOCS / cell.figure).read_text(encoding="utf-8")
+                data["outputs"].append(
+                    {
+                        "output_type": "display_data",
+                        "metadata": {},
+                        "data": {
+                            "image/svg+xml": svg.splitlines(keepends=True),
+                            "text/plain": [f"<the figure {cell.figure}>"],
+                        },
                     }
                 )
         return data
