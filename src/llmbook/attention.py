@@ -164,9 +164,7 @@ class MultiHeadAttention(nn.Module):
             start = cache.length
             keys, values = cache.append(keys, values)  # (B, H, start + T, hd)
         future = self.mask[start : start + num_tokens, : start + num_tokens]
-        allowed = None  # True where a query may attend: needed only after a start
-        if start > 0 and num_tokens > 1:  # one new token may see all that is read
-            allowed = ~future
+        allowed = None if start == 0 else ~future  # True: may attend
         if cache is not None and cache.padding is not None:  # appendix F's batches
             allowed = unpadded(~future, cache.padding)  # (B, 1, T, start + T)
         if self.use_sdpa:
@@ -176,7 +174,7 @@ class MultiHeadAttention(nn.Module):
                 values,
                 attn_mask=allowed,
                 dropout_p=self.dropout_p if self.training else 0.0,
-                is_causal=start == 0 and allowed is None,
+                is_causal=allowed is None,
             )  # (B, H, T, hd)
         else:
             scores = queries @ keys.transpose(2, 3)  # (B, H, T, start + T)
