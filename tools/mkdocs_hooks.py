@@ -262,13 +262,9 @@ def exercises_page() -> str:
     ]
     for page in notebooks.chapter_pages():
         markdown = page.read_text(encoding="utf-8")
-        start = re.search(r"^## Exercises\s*$", markdown, re.M)
-        if start is None:
+        section = notebooks.exercises_section(markdown)
+        if section is None:
             continue
-        section = markdown[start.end() :]
-        following = re.search(r"^## ", section, re.M)
-        if following:
-            section = section[: following.start()]
         title = notebooks._title(markdown)
         parts.append(f"## {title}\n\nFrom [{title}]({page.name}).\n{section}")
     return "\n".join(parts)

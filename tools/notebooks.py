@@ -299,18 +299,25 @@ def exercises_notebook(pages: list[Path]) -> dict:
     ]
     for page in pages:
         markdown = page.read_text(encoding="utf-8")
-        start = re.search(r"^## Exercises\s*$", markdown, re.M)
-        if start is None:
+        section = exercises_section(markdown)
+        if section is None:
             continue
-        section = markdown[start.end() :]
-        following = re.search(r"^## ", section, re.M)
-        if following:
-            section = section[: following.start()]
         url = f"{site_url()}{page.stem}/"
         heading = f"## [{_title(markdown)}]({url})"
         cells.append(Cell("markdown", heading))
         cells.extend(cells_of(section, f"docs/{page.name}"))
     return notebook(cells)
+
+
+def exercises_section(markdown: str) -> str | None:
+    """What a page's `## Exercises` section holds, up to the next `## ` heading (the
+    site's Exercises page is made of these too); None for a page without one."""
+    start = re.search(r"^## Exercises\s*$", markdown, re.M)
+    if start is None:
+        return None
+    section = markdown[start.end() :]
+    following = re.search(r"^## ", section, re.M)
+    return section[: following.start()] if following else section
 
 
 def notebook(cells: list[Cell]) -> dict:
