@@ -112,10 +112,10 @@ case "${1:-}" in
   fix)
     shift
     setup
-    echo "== library code, notebooks and figures from the chapters"
+    echo "== library code, figures and notebooks from the chapters"
     .venv/bin/python tools/tangle.py
-    .venv/bin/python tools/notebooks.py
     .venv/bin/python tools/figures.py
+    .venv/bin/python tools/notebooks.py  # last: the notebooks carry the figures
     echo "== ruff: fixes and formatting"
     .venv/bin/ruff check --fix --quiet src tools tests bench conftest.py
     .venv/bin/ruff format --quiet src tools tests bench conftest.py
