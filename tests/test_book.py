@@ -610,14 +610,15 @@ def test_the_run_starts_with_the_longest_pages_and_keeps_every_file_whole(reques
     assert long == sorted(long, reverse=True)
 
 
-def test_fix_regenerates_code_notebooks_figures_and_formatting_in_order(tmp_path):
+def test_fix_regenerates_code_figures_notebooks_and_formatting_in_order(tmp_path):
+    """The notebooks come after the figures, which they carry (issue 39)."""
     done, calls = fake_setup(tmp_path, {}, command="fix")
     assert done.returncode == 0, done.stderr
     steps = [c for c in calls if c.startswith(("tools/", "ruff"))]
     assert steps == [
         "tools/tangle.py",
-        "tools/notebooks.py",
         "tools/figures.py",
+        "tools/notebooks.py",
         "ruff check --fix --quiet src tools tests bench conftest.py",
         "ruff format --quiet src tools tests bench conftest.py",
     ]
