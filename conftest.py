@@ -12,7 +12,20 @@ from pathlib import Path
 
 import pytest
 
-from tools import figures  # the repository's root is on sys.path: this file is in it
+from tools import numerics  # the repository's root is on sys.path: this file is in it
+
+# Before anything imports PyTorch: the training runs on the pages print the same
+# numbers on every x86-64 CPU (see tools/numerics.py).
+numerics.pin()
+
+from tools import figures  # noqa: E402
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    off = numerics.pinned()
+    if not off:
+        return ["numerics: pinned as on the pages (tools/numerics.py)"]
+    return [f"numerics: not as on the pages, {line}" for line in off]
 
 
 def _figure_block(item: pytest.Item) -> figures.FigureBlock | None:

@@ -35,9 +35,14 @@ from pathlib import Path
 from typing import NamedTuple
 
 try:
-    from tools import conventions
+    from tools import conventions, numerics
 except ImportError:  # run as a script, `python tools/figures.py`: tools/ is on the path
     import conventions  # type: ignore[no-redef, import-not-found]
+    import numerics  # type: ignore[no-redef, import-not-found]
+
+# A figure drawn here must be the one the snippet tests draw, on any CPU: before the
+# figure code imports PyTorch (see numerics.py).
+numerics.pin()
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
