@@ -7,6 +7,7 @@ same code (and library), where `python tools/figures.py` finds it instead of
 training again when a figure's code has changed.
 """
 
+import os
 import time
 from pathlib import Path
 
@@ -14,9 +15,23 @@ import pytest
 
 from tools import numerics  # the repository's root is on sys.path: this file is in it
 
-# Before anything imports PyTorch: the training runs on the pages print the same
-# numbers on every x86-64 CPU (see tools/numerics.py).
-numerics.pin()
+# Chapters 8 and 9 and appendix E print the accuracies of training runs that a CPU
+# which sums in another order would end elsewhere, so they run with Intel's math
+# library pinned to its vendor-neutral code (tools/numerics.py), at twice the cost of
+# a matrix product. The other pages print nothing that the last bits of a float reach.
+# One process pins itself, before anything imports PyTorch: the only one, or worker
+# gw0 of a `pytest -n` run, which takes these pages (PinnedPagesScheduling below);
+# the other workers run at full speed.
+PINNED_PAGES = {
+    "08-finetuning-classification.md",
+    "09-finetuning-instructions.md",
+    "appendix-e-lora.md",
+}
+PINNED_WORKER = "gw0"
+if os.environ.get("PYTEST_XDIST_WORKER", PINNED_WORKER) == PINNED_WORKER:
+    numerics.pin()
+else:
+    numerics.unpin()
 
 from tools import figures  # noqa: E402
 
@@ -24,8 +39,30 @@ from tools import figures  # noqa: E402
 def pytest_report_header(config: pytest.Config) -> list[str]:
     off = numerics.pinned()
     if not off:
-        return ["numerics: pinned as on the pages (tools/numerics.py)"]
+        return ["numerics: MKL pinned (tools/numerics.py)"]
     return [f"numerics: not as on the pages, {line}" for line in off]
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`--dist loadfile`, but the pinned pages go to the pinned worker alone, first."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling  # type: ignore[import-untyped]
+
+    class PinnedPagesScheduling(LoadFileScheduling):
+        def _assign_work_unit(self, node) -> None:
+            pinned = [s for s in self.workqueue if Path(s).name in PINNED_PAGES]
+            if node.gateway.id == PINNED_WORKER:
+                scope = (pinned or list(self.workqueue))[0]
+            else:
+                free = [s for s in self.workqueue if s not in pinned]
+                if not free:
+                    return  # this worker idles; the pinned one ends the run
+                scope = free[0]
+            self.workqueue.move_to_end(scope, last=False)
+            super()._assign_work_unit(node)  # takes the first unit of the queue
+
+    return PinnedPagesScheduling(config, log)
 
 
 def _figure_block(item: pytest.Item) -> figures.FigureBlock | None:
@@ -129,6 +166,11 @@ def _pages_done(config: pytest.Config) -> Path | None:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.path.name in PINNED_PAGES and not numerics.is_pinned():
+        pytest.fail(
+            f"{item.path.name} prints the numbers of a pinned run, but this process "
+            f"is not pinned: {'; '.join(numerics.pinned())} (see tools/numerics.py)"
+        )
     done = _pages_done(item.config)
     needs = PAGE_NEEDS.get(item.path.name, [])
     if done is None or not needs:

@@ -40,10 +40,6 @@ except ImportError:  # run as a script, `python tools/figures.py`: tools/ is on 
     import conventions  # type: ignore[no-redef, import-not-found]
     import numerics  # type: ignore[no-redef, import-not-found]
 
-# A figure drawn here must be the one the snippet tests draw, on any CPU: before the
-# figure code imports PyTorch (see numerics.py).
-numerics.pin()
-
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 # Drawn figures, by key: the snippet tests leave theirs here (see conftest.py).
@@ -206,6 +202,9 @@ def draw_page_figures(markdown: str, page: str) -> dict[str, bytes]:
     cached = {block.path: cached_figure(block.path, block.key) for block in blocks}
     if all(svg is not None for svg in cached.values()):
         return {path: svg for path, svg in cached.items() if svg is not None}
+    # The figures of training runs are those of the pinned tests, on any CPU, when
+    # this process has not multiplied matrices yet (see numerics.py).
+    numerics.pin()
     import matplotlib.pyplot as plt
 
     drawn = {}

@@ -17,26 +17,45 @@ against an AMD EPYC). Two libraries choose their code by the CPU they run on:
   in chapters 8, 9 and appendix E.
 
 MKL reads its setting before its first product, so `pin()` must come before
-`import torch` (conftest.py and tools/figures.py call it first). One thread per process
-keeps the order of every sum too. The price: the matrix products take about twice as
-long, and the tests about a sixth longer.
+`import torch` (conftest.py and tools/figures.py call it first), and a process cannot
+change it later. One thread per process keeps the order of every sum too. The price:
+the matrix products take about twice as long, so the tests pin only the process that
+runs the pages which need it (see conftest.py).
 """
 
 import os
 
 PINNED = {"MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "1"}
+# The names that pin() set itself, so that a child process may drop them (unpin).
+SET_BY_PIN = "LLMBOOK_NUMERICS_PINNED"
 
 
 def pin() -> None:
     """Set the pins in this process's environment (and its children's), leaving any
     that the caller set already."""
-    for name, value in PINNED.items():
-        os.environ.setdefault(name, value)
+    ours = [name for name in PINNED if name not in os.environ]
+    for name in ours:
+        os.environ[name] = PINNED[name]
+    if ours:
+        os.environ[SET_BY_PIN] = ",".join(ours)
+
+
+def unpin() -> None:
+    """Let MKL pick its fastest code again in a child of a pinned process (one
+    thread stays), unless the user asked for the pin; before `import torch` too."""
+    for name in os.environ.pop(SET_BY_PIN, "").split(","):
+        if name == "MKL_CBWR":
+            del os.environ[name]
+
+
+def is_pinned() -> bool:
+    """Whether this process does its matrix products as the pages' runs did."""
+    return not pinned()
 
 
 def pinned() -> list[str]:
     """The pins that differ here from the book's, as `NAME=value` lines; empty when
-    the numbers printed on the pages can be expected."""
+    this process prints the numbers on the pages."""
     return [
         f"{name}={os.environ.get(name, '')} (the book's: {value})"
         for name, value in PINNED.items()
