@@ -10,22 +10,30 @@ against an AMD EPYC). Two libraries choose their code by the CPU they run on:
   `MKL_CBWR=COMPATIBLE` asks for its conditional numerical reproducibility branch
   meant for every Intel and compatible processor (SSE2 code, the same results).
 - PyTorch's own kernels (softmax, layer norm, the optimizer, random init), compiled
-  once per instruction set and chosen by the CPU: AVX-512 on the Intel and AMD (Zen 4
-  and later) machines the book is checked on. `ATEN_CPU_CAPABILITY=avx2` would pin
-  them too, but with it PyTorch 2.13's compiler (appendix C) emits bfloat16 code that
-  trains to NaN, so they are left to the CPU: one without AVX-512 prints other numbers
-  in chapters 8, 9 and appendix E.
+  once per instruction set and chosen by the CPU. `ATEN_CPU_CAPABILITY=avx2` takes the
+  AVX2 build, which every x86-64 CPU of the last ten years runs, AVX-512 or not.
 
-MKL reads its setting before its first product, so `pin()` must come before
-`import torch` (conftest.py and tools/figures.py call it first), and a process cannot
-change it later. One thread per process keeps the order of every sum too. The price:
-the matrix products take about twice as long, so the tests pin only the process that
-runs the pages which need it (see conftest.py).
+Both are read before PyTorch's first product, so `pin()` must come before
+`import torch`, and a process cannot change them later. One thread per process keeps
+the order of every sum too. PyTorch's compiler (appendix C) keeps the kernels it builds
+in a cache that does not tell AVX2 from AVX-512 code: a pinned process that reused an
+unpinned one's bfloat16 kernels trained to NaN, so pinned processes get a cache of
+their own. The price: the matrix products take about twice as long, so the tests pin
+only the process that runs the pages which need it (see conftest.py).
 """
 
+import getpass
 import os
+import tempfile
+from pathlib import Path
 
-PINNED = {"MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "1"}
+PINNED = {
+    "MKL_CBWR": "COMPATIBLE",
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "OMP_NUM_THREADS": "1",
+}
+# Where a pinned process's compiled kernels go (PyTorch's default, with a suffix).
+PINNED_KERNELS = Path(tempfile.gettempdir()) / f"torchinductor_{getpass.getuser()}_avx2"
 # The names that pin() set itself, so that a child process may drop them (unpin).
 SET_BY_PIN = "LLMBOOK_NUMERICS_PINNED"
 
@@ -33,18 +41,20 @@ SET_BY_PIN = "LLMBOOK_NUMERICS_PINNED"
 def pin() -> None:
     """Set the pins in this process's environment (and its children's), leaving any
     that the caller set already."""
-    ours = [name for name in PINNED if name not in os.environ]
+    wanted = {**PINNED, "TORCHINDUCTOR_CACHE_DIR": str(PINNED_KERNELS)}
+    ours = [name for name in wanted if name not in os.environ]
     for name in ours:
-        os.environ[name] = PINNED[name]
+        os.environ[name] = wanted[name]
     if ours:
         os.environ[SET_BY_PIN] = ",".join(ours)
 
 
 def unpin() -> None:
-    """Let MKL pick its fastest code again in a child of a pinned process (one
-    thread stays), unless the user asked for the pin; before `import torch` too."""
+    """Let MKL and PyTorch pick their fastest code again in a child of a pinned
+    process (one thread stays), unless the user asked for the pins; before
+    `import torch` too."""
     for name in os.environ.pop(SET_BY_PIN, "").split(","):
-        if name == "MKL_CBWR":
+        if name and name != "OMP_NUM_THREADS":
             del os.environ[name]
 
 
