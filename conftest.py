@@ -17,8 +17,9 @@ from tools import numerics  # the repository's root is on sys.path: this file is
 
 # Chapters 8 and 9 and appendix E print the accuracies of training runs that a CPU
 # which sums in another order would end elsewhere, so they run with Intel's math
-# library pinned to its vendor-neutral code (tools/numerics.py), at twice the cost of
-# a matrix product. The other pages print nothing that the last bits of a float reach.
+# library and PyTorch's kernels pinned to code that sums alike on every x86-64 CPU
+# (tools/numerics.py), at twice the cost of a matrix product. The other pages print
+# nothing that the last bits of a float reach.
 # One process pins itself, before anything imports PyTorch: the only one, or worker
 # gw0 of a `pytest -n` run, which takes these pages (PinnedPagesScheduling below);
 # the other workers run at full speed.
@@ -39,7 +40,7 @@ from tools import figures  # noqa: E402
 def pytest_report_header(config: pytest.Config) -> list[str]:
     off = numerics.pinned()
     if not off:
-        return ["numerics: MKL pinned (tools/numerics.py)"]
+        return ["numerics: pinned as on the pages (tools/numerics.py)"]
     return [f"numerics: not as on the pages, {line}" for line in off]
 
 
@@ -134,13 +135,14 @@ def pytest_collection_modifyitems(
 ) -> None:
     """Order the run for several processes (`pytest -n`, pytest-xdist, with
     `--dist loadfile --no-loadscope-reorder`, which keeps this order), longest work
-    first: the two longest pages, so that they start at once on two workers; the other
-    pages; the pages that need the files of those two (by then written); the long test
-    modules; the short ones. Each page and each test module (each file) runs in order
-    on one worker: a page's snippets read the files its earlier snippets write, and a
-    module's fixtures are made once. (The site's tests need no snippet to have run
-    first: `tools/figures.py --check` has checked the committed figures, and the site
-    build draws any that are out of date itself.)"""
+    first: the two longest pages, which the pinned worker takes first (the other
+    workers start on the rest); the other pages; the pages that need the files of
+    those two (by then written); the long test modules; the short ones. Each page and
+    each test module (each file) runs in order on one worker: a page's snippets read
+    the files its earlier snippets write, and a module's fixtures are made once. (The
+    site's tests need no snippet to have run first: `tools/figures.py --check` has
+    checked the committed figures, and the site build draws any that are out of date
+    itself.)"""
 
     def rank(item: pytest.Item) -> int:
         name = item.path.name
