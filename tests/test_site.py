@@ -43,8 +43,15 @@ def site(tmp_path_factory) -> Path:
 
     A figure whose code changed since it was committed is drawn for the build, which
     then reads the data files through LLMBOOK_DATA_DIR and TIKTOKEN_CACHE_DIR (CI has
-    no network). Nothing is written into the repository."""
-    before = {p.name for p in ROOT.iterdir()}
+    no network). Nothing is written into the repository, but for the files that the
+    chapters' snippets write there (.gitignore names each), which another worker may
+    be writing during the build."""
+    snippet_files = {
+        line.strip("/")
+        for line in (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
+        if line.startswith("/")
+    }
+    before = {p.name for p in ROOT.iterdir()} | snippet_files
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     out = tmp_path_factory.mktemp("site") / "site"
     result = subprocess.run(
